@@ -1,0 +1,134 @@
+"""Drains the outbox to the broker: QoS 1, in order, an event removed only after its PUBACK.
+
+One thread owns the MQTT client: it connects (with backoff and jitter), keeps up to
+`inflight` events handed to the client, and deletes each from the outbox when the broker
+acknowledges it. After a reconnect the client re-sends what was in flight, in order, and
+the drain carries on from the outbox; after a restart the whole outbox is replayed. A
+repeat is possible in both cases and carries the same event_id, so consumers drop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from agent.outbox import Outbox
+from posmon.mqtt import Backoff, MqttClient, MqttError
+
+logger = logging.getLogger(__name__)
+
+LOOP_TIMEOUT_S = 0.02
+# Deletes are batched: a lost delete only means a repeat after a crash.
+REMOVE_EVERY_S = 0.05
+
+
+class Publisher:
+    """Moves events from the outbox to the broker until stopped."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: MqttClient,
+        *,
+        presence: Callable[[bool], tuple[str, bytes]],
+        inflight: int,
+        backoff: Backoff,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.presence = presence
+        self.inflight = inflight
+        self.backoff = backoff
+        self.published = 0
+        self.presence_stale = threading.Event()
+        self._handed: dict[int, int] = {}  # mid -> outbox id, in flight
+        self._acked: list[int] = []
+        self._other_acks: set[int] = set()  # presence messages
+        self._last_id = 0
+        self._next_attempt = 0.0
+        self._last_remove = 0.0
+        client.on_connected = self._connected
+        client.on_published = self._published
+
+    def run(self, stop: threading.Event, drain_s: float = 2.0) -> None:
+        """Publish until `stop` is set, then give in-flight events `drain_s` to be acked."""
+        while not stop.is_set():
+            if not self.step():
+                stop.wait(LOOP_TIMEOUT_S)
+        deadline = time.monotonic() + drain_s
+        while self._handed and self.client.connected and time.monotonic() < deadline:
+            self.client.loop(LOOP_TIMEOUT_S)
+        self._flush_removes()
+        if self.client.connected:
+            topic, payload = self.presence(False)
+            mid = self.client.publish(topic, payload, retain=True)
+            deadline = time.monotonic() + 1.0
+            while (
+                mid not in self._other_acks
+                and self.client.connected
+                and time.monotonic() < deadline
+            ):
+                self.client.loop(LOOP_TIMEOUT_S)
+        self.client.disconnect()
+
+    def step(self) -> bool:
+        """One turn: connect if due, network I/O, hand over new events, record acks.
+
+        Returns False while there is no connection (the caller waits a little).
+        """
+        if not self.client.connected:
+            self._try_connect()
+        if not self.client.loop(LOOP_TIMEOUT_S):
+            return False
+        if self.client.connected:
+            if self.presence_stale.is_set():
+                self.presence_stale.clear()
+                topic, payload = self.presence(True)
+                self.client.publish(topic, payload, retain=True)
+            self._hand_over()
+        now = time.monotonic()
+        if self._acked and now - self._last_remove >= REMOVE_EVERY_S:
+            self._flush_removes()
+        return True
+
+    def _try_connect(self) -> None:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        try:
+            self.client.connect()
+        except MqttError as exc:
+            delay = self.backoff.next_delay()
+            self._next_attempt = now + delay
+            logger.warning("MQTT: %s; retrying in %.1f s", exc.reason, delay)
+            return
+        # CONNACK comes in loop(); a refusal shows up as still not connected.
+        self._next_attempt = now + self.backoff.next_delay()
+
+    def _connected(self, session_present: bool) -> None:
+        self.backoff.reset()
+        self.presence_stale.set()
+
+    def _hand_over(self) -> None:
+        room = self.inflight - len(self._handed)
+        if room <= 0:
+            return
+        for entry in self.outbox.peek(self._last_id, room):
+            mid = self.client.publish(entry.topic, entry.payload)
+            self._handed[mid] = entry.id
+            self._last_id = entry.id
+
+    def _published(self, mid: int) -> None:
+        outbox_id = self._handed.pop(mid, None)
+        if outbox_id is not None:
+            self._acked.append(outbox_id)
+            self.published += 1
+        else:
+            self._other_acks.add(mid)
+
+    def _flush_removes(self) -> None:
+        self.outbox.remove(self._acked)
+        self._acked = []
+        self._last_remove = time.monotonic()

@@ -1,0 +1,191 @@
+"""The agent process: one reader per port, one outbox, one publisher, stopped by a signal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from agent.config import AgentConfig
+from agent.link import PortReader
+from agent.outbox import LastFrame, Outbox, OutboxFull, Priority
+from agent.publisher import Publisher
+from posmon import __version__
+from posmon.mqtt import Backoff, MqttClient, Topics
+from posmon.wire.codec import EventBuilder, Received, SerialCodec
+from posmon.wire.models import (
+    BatchEvent,
+    DeadLetter,
+    PresenceEvent,
+    PresenceState,
+    StatusEvent,
+    TxnEvent,
+)
+
+logger = logging.getLogger(__name__)
+
+STATS_EVERY_S = 60.0
+
+
+class Agent:
+    """Wires ports, codecs, outbox and publisher together for one configuration."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.agent_id = config.agent.id
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.outbox = Outbox(
+            config.outbox_path,
+            max_events=config.outbox.max_events,
+            fsync=config.outbox.fsync.value,
+        )
+        self.builder = EventBuilder(
+            self.agent_id, tz=ZoneInfo(config.agent.timezone), currency=config.agent.currency
+        )
+        self._tids_by_port: dict[str, set[str]] = {
+            port.name: set(port.tids) for port in config.ports
+        }
+        self._lock = threading.Lock()
+        last_frames = self.outbox.last_frames()
+        self.readers = []
+        for port in config.ports:
+            codec = SerialCodec(self.builder, source=f"agent:{self.agent_id}:{port.name}")
+            for frame in last_frames:
+                codec.prime(frame.tid, frame.seq, frame.fingerprint)
+            self.readers.append(PortReader(port.name, port.url, port.baudrate, codec, self))
+        will = self._presence(online=False)
+        self.client = MqttClient(config.mqtt, f"posmon-agent-{self.agent_id}", will=will)
+        self.publisher = Publisher(
+            self.outbox,
+            self.client,
+            presence=lambda online: self._presence(online=online),
+            inflight=config.mqtt.inflight,
+            backoff=Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s),
+        )
+
+    # --- FrameSink ----------------------------------------------------------------------
+
+    def store(self, received: Received, port: str) -> bool:
+        """Commit a frame's event (with the terminal's last SEQ) before it is ACKed."""
+        message = received.message
+        if message is None:
+            return True
+        last = None
+        if isinstance(message, TxnEvent | StatusEvent | BatchEvent):
+            self._learn(port, message.tid)
+            if received.seq is not None:
+                last = LastFrame(message.tid, received.seq, received.fingerprint)
+        topic, priority = self._route(message)
+        try:
+            self.outbox.put(topic, message.to_json(), priority, last)
+        except OutboxFull:
+            logger.warning(
+                "port %s: outbox full of transactions and batches; not ACKing %s from %s",
+                port,
+                type(message).__name__,
+                received.tid,
+            )
+            return False
+        return True
+
+    def port_state(self, port: str, ok: bool, reason: str) -> None:
+        """Report a failed port as `serial_ok: false` for each terminal behind it."""
+        if ok:
+            return
+        now = datetime.now(UTC)
+        with self._lock:
+            tids = sorted(self._tids_by_port.get(port, ()))
+        for tid in tids:
+            event = self.builder.serial_down(tid, now)
+            self.outbox.put(self.topics.terminal(tid, "status"), event.to_json(), Priority.STATUS)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _route(
+        self, message: TxnEvent | StatusEvent | BatchEvent | DeadLetter
+    ) -> tuple[str, Priority]:
+        if isinstance(message, TxnEvent):
+            return self.topics.terminal(message.tid, "txn"), Priority.KEEP
+        if isinstance(message, BatchEvent):
+            return self.topics.terminal(message.tid, "batch"), Priority.KEEP
+        if isinstance(message, StatusEvent):
+            return self.topics.terminal(message.tid, "status"), Priority.STATUS
+        return self.topics.deadletter, Priority.DEADLETTER
+
+    def _learn(self, port: str, tid: str) -> None:
+        with self._lock:
+            known = self._tids_by_port.setdefault(port, set())
+            if tid in known:
+                return
+            known.add(tid)
+        logger.info("port %s: terminal %s seen", port, tid)
+        self.publisher.presence_stale.set()
+
+    def _presence(self, *, online: bool) -> tuple[str, bytes]:
+        with self._lock:
+            tids = sorted(set().union(*self._tids_by_port.values()))
+        event = PresenceEvent(
+            agent_id=self.agent_id,
+            state=PresenceState.ONLINE if online else PresenceState.OFFLINE,
+            tids=tids,
+            version=__version__,
+            observed_at=datetime.now(UTC),
+        )
+        return self.topics.presence(self.agent_id), event.to_json()
+
+    def stats(self) -> dict[str, object]:
+        """Counters worth a log line: per port, outbox, published."""
+        ports = {}
+        for reader in self.readers:
+            counters = reader.codec.counters
+            framing = reader.codec.decoder.counters
+            ports[reader.name] = {
+                "ok": reader.ok,
+                "accepted": counters.accepted,
+                "repeats": counters.repeats,
+                "invalid": counters.invalid,
+                "unknown_type": counters.unknown_type,
+                "nak": counters.rejected,
+                "noise_bytes": framing.noise_bytes,
+                "timeouts": framing.timeouts,
+                "unacked": reader.unacked,
+            }
+        return {
+            "ports": ports,
+            "outbox": self.outbox.counters(),
+            "published": self.publisher.published,
+        }
+
+    # --- running ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set; then drain what is in flight and say goodbye."""
+        threads = [
+            threading.Thread(
+                target=reader.run, args=(stop,), name=f"port-{reader.name}", daemon=True
+            )
+            for reader in self.readers
+        ]
+        for thread in threads:
+            thread.start()
+        publisher = threading.Thread(
+            target=self.publisher.run, args=(stop,), name="publisher", daemon=True
+        )
+        publisher.start()
+        logger.info(
+            "agent %s running: %d port(s), outbox %s (%d waiting), broker %s:%s",
+            self.agent_id,
+            len(self.readers),
+            self.outbox.path,
+            len(self.outbox),
+            self.config.mqtt.host,
+            self.config.mqtt.port,
+        )
+        while not stop.wait(STATS_EVERY_S):
+            logger.info("stats %s", self.stats())
+        for thread in threads:
+            thread.join(timeout=2)
+        publisher.join(timeout=5)
+        logger.info("agent %s stopped; stats %s", self.agent_id, self.stats())
+        self.outbox.close()

@@ -1,0 +1,306 @@
+"""The one adapter to paho-mqtt: settings, topics, and a client driven by its owner's loop.
+
+Agent and collector depend on `MqttClient`'s small surface (connect, loop, publish,
+subscribe, ack) and never import paho. The client does not start threads of its own: the
+owner calls `loop()` and decides when to reconnect, so reconnection follows posmon's
+backoff with jitter rather than paho's fixed doubling.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import Field, SecretStr, model_validator
+
+from posmon.config import Section
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "posmon/v1"
+
+
+class MqttError(ConnectionError):
+    """The broker could not be reached, refused us, or the connection was lost."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Protocol(StrEnum):
+    V311 = "3.1.1"
+    V5 = "5"
+
+
+class TlsSettings(Section):
+    """TLS towards the broker."""
+
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's cert.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client certificate's private key.")
+    insecure: bool = Field(
+        False, description="Skip the broker host name check (test set-ups only)."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttSettings(Section):
+    """Where the broker is and how to hold a session with it."""
+
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS).")
+    protocol: Protocol = Field(Protocol.V311, description="MQTT protocol: 3.1.1 or 5.")
+    client_id: str = Field(
+        "", max_length=128, description="Client id; empty: derived from the role and its id."
+    )
+    username: str | None = Field(None, description="Login name, if the broker wants one.")
+    password: SecretStr | None = Field(None, description="Login password.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive in seconds.")
+    topic_prefix: str = Field(
+        DEFAULT_PREFIX,
+        pattern=r"^[^#+]+[^/#+]$",
+        description="Prefix of every posmon topic, without a trailing slash.",
+    )
+    inflight: int = Field(
+        20, ge=1, le=65535, description="QoS 1 messages sent and not yet acknowledged."
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=0,
+        description="MQTT 5: how long the broker keeps the session while we are away.",
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Longest reconnect delay.")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @model_validator(mode="after")
+    def _delays(self) -> MqttSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        return self
+
+
+class Topics:
+    """The contract's topic names under one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def terminal(self, tid: str, kind: str) -> str:
+        """`{prefix}/terminals/{tid}/{txn|status|batch}`."""
+        return f"{self.prefix}/terminals/{tid}/{kind}"
+
+    def presence(self, agent_id: str) -> str:
+        return f"{self.prefix}/agents/{agent_id}/presence"
+
+    @property
+    def settlements(self) -> str:
+        return f"{self.prefix}/settlements"
+
+    def alert(self, alert_type: str) -> str:
+        return f"{self.prefix}/alerts/{alert_type}"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}/deadletter"
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: half the delay fixed, half random."""
+
+    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.attempts = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; grows until `maximum`."""
+        ceiling = min(self.maximum, self.minimum * (2**self.attempts))
+        self.attempts = min(self.attempts + 1, 32)
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+
+    def reset(self) -> None:
+        """Start again from the minimum, after a success."""
+        self.attempts = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message: bytes in, bytes out; `mid` is what `ack()` takes."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+
+
+class MqttClient:
+    """A paho client with posmon's defaults: QoS 1, persistent session, no threads of its own."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        manual_ack: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.client_id = settings.client_id or client_id
+        self.on_connected: Callable[[bool], None] = lambda session_present: None
+        self.on_disconnected: Callable[[str], None] = lambda reason: None
+        self.on_published: Callable[[int], None] = lambda mid: None
+        self.on_message: Callable[[Message], None] = lambda message: None
+        self.connected = False
+        self.last_error: str | None = None
+        v5 = settings.protocol is Protocol.V5
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else False,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            manual_ack=manual_ack,
+        )
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._client.max_inflight_messages_set(settings.inflight)
+        self._client.max_queued_messages_set(0)
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else None
+            self._client.username_pw_set(settings.username, password)
+        if settings.tls.enabled:
+            self._client.tls_set(
+                ca_certs=str(settings.tls.ca_file) if settings.tls.ca_file else None,
+                certfile=str(settings.tls.cert_file) if settings.tls.cert_file else None,
+                keyfile=str(settings.tls.key_file) if settings.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self._client.tls_insecure_set(settings.tls.insecure)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._started = False
+
+    # --- connection ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the TCP (and TLS) connection and send CONNECT; CONNACK arrives in `loop()`."""
+        settings = self.settings
+        try:
+            if not self._started:
+                properties = None
+                if settings.protocol is Protocol.V5:
+                    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    properties.SessionExpiryInterval = settings.session_expiry_s
+                self._client.connect(
+                    settings.host,
+                    settings.port,
+                    keepalive=settings.keepalive_s,
+                    clean_start=(
+                        False
+                        if settings.protocol is Protocol.V5
+                        else paho.MQTT_CLEAN_START_FIRST_ONLY
+                    ),
+                    properties=properties,
+                )
+                self._started = True
+            else:
+                self._client.reconnect()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.last_error = f"{settings.host}:{settings.port}: {exc}"
+            raise MqttError(self.last_error) from exc
+
+    def loop(self, timeout: float = 0.1) -> bool:
+        """Do network work for up to `timeout` s; return False when the connection is gone."""
+        code = self._client.loop(timeout)
+        if code is not MQTTErrorCode.MQTT_ERR_SUCCESS and self.connected:
+            self._lost(paho.error_string(code))
+        return code is MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def disconnect(self) -> None:
+        """Say goodbye cleanly (the will is not sent) and flush what the socket holds."""
+        was_connected, self.connected = self.connected, False
+        if was_connected:
+            self._client.disconnect()
+
+    # --- messages -----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> int:
+        """Queue a message; returns its mid, reported through `on_published` on PUBACK."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic}: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def subscribe(self, topics: list[str], qos: int = 1) -> None:
+        """Subscribe (again after each reconnect: call from `on_connected`)."""
+        result, _ = self._client.subscribe([(topic, qos) for topic in topics])
+        if result is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"subscribe: {paho.error_string(result)}")
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a message received with manual_ack, once it is safely stored."""
+        self._client.ack(message.mid, message.qos)
+
+    # --- paho callbacks -----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            logger.warning("MQTT %s", self.last_error)
+            return
+        self.connected = True
+        self.last_error = None
+        logger.info(
+            "MQTT connected to %s:%s as %s (session present: %s)",
+            self.settings.host,
+            self.settings.port,
+            self.client_id,
+            flags.session_present,
+        )
+        self.on_connected(bool(flags.session_present))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if self.connected:
+            self._lost(str(reason))
+
+    def _lost(self, reason: str) -> None:
+        self.connected = False
+        self.last_error = f"connection lost: {reason}"
+        logger.warning("MQTT %s", self.last_error)
+        self.on_disconnected(reason)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self.on_published(mid)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self.on_message(
+            Message(message.topic, bytes(message.payload), message.qos, message.retain, message.mid)
+        )

@@ -1,0 +1,425 @@
+"""The MQTT wire models of contract v1 (CONTRACT §2), one pydantic model per schema.
+
+Every model is strict about what crosses the wire: unknown keys are rejected, money is an
+integer in minor units with an ISO 4217 alpha currency, timestamps carry an offset, and a
+card number can only appear masked. Each model reads and writes JSON bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from posmon.pan import scrub, visible_digits_ok
+
+# --- field types ------------------------------------------------------------------------
+
+Tid = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{8}$", description="Terminal id, 8 characters.")]
+Mid = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{15}$", description="Merchant id, 15 characters.")]
+Rrn = Annotated[
+    str, Field(pattern=r"^[0-9A-Za-z]{12}$", description="Retrieval reference number, 12.")
+]
+SixDigits = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+# ISO 8601 text with an offset on the wire (no epoch numbers), aware datetimes in code.
+Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+Currency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alpha-3 currency, e.g. CNY.")
+]
+MinorUnits = Annotated[
+    StrictInt, Field(ge=0, description="Money in minor units (fen for CNY); never a float.")
+]
+SignedMinorUnits = Annotated[StrictInt, Field(description="Money in minor units, may be < 0.")]
+Count = Annotated[StrictInt, Field(ge=0)]
+# Used inside MQTT topics, so no '/', '+' or '#'.
+AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+Extra = Annotated[
+    dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")],
+        Annotated[str, Field(max_length=256)],
+    ],
+    Field(max_length=64, description="Frame keys the contract does not name, carried through."),
+]
+
+
+def _check_masked(value: str) -> str:
+    if not visible_digits_ok(value):
+        raise ValueError("shows more than the first 6 and last 4 digits")
+    return value
+
+
+PanMasked = Annotated[
+    str,
+    Field(pattern=r"^[0-9*]{12,19}$", description="Card number, first 6 / last 4 visible."),
+    AfterValidator(_check_masked),
+]
+AccountMasked = Annotated[
+    str,
+    Field(pattern=r"^[0-9A-Za-z*]{4,34}$", description="Account number, masked like a PAN."),
+    AfterValidator(_check_masked),
+]
+
+
+# --- enumerations -----------------------------------------------------------------------
+
+
+class TxnKind(StrEnum):
+    SALE = "SALE"
+    VOID = "VOID"
+    REFUND = "REFUND"
+    REVERSAL = "REVERSAL"
+    PREAUTH_COMPLETION = "PREAUTH_COMPLETION"
+
+
+class EntryMode(StrEnum):
+    CHIP = "CHIP"
+    SWIPE = "SWIPE"
+    CTLS = "CTLS"
+    QR = "QR"
+    MANUAL = "MANUAL"
+
+
+class Network(StrEnum):
+    ETH = "ETH"
+    WIFI = "WIFI"
+    G4 = "4G"
+    GPRS = "GPRS"
+    NONE = "NONE"
+
+
+class Paper(StrEnum):
+    OK = "OK"
+    LOW = "LOW"
+    OUT = "OUT"
+
+
+class BatchResult(StrEnum):
+    OK = "OK"
+    UNBALANCED = "UNBALANCED"
+    FAIL = "FAIL"
+
+
+class PresenceState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class SettlementStatus(StrEnum):
+    CREDITED = "CREDITED"
+    FAILED = "FAILED"
+    RETURNED = "RETURNED"
+    PENDING = "PENDING"
+
+
+class SettlementKind(StrEnum):
+    ORIGINAL = "ORIGINAL"
+    REREMITTANCE = "REREMITTANCE"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    INFO = "info"
+
+
+class AlertState(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Cause(StrEnum):
+    """Why a settlement failed (CONTRACT §3)."""
+
+    NETWORK = "NETWORK"
+    MERCHANT_QUALIFICATION = "MERCHANT_QUALIFICATION"
+    ACCOUNT_INFO = "ACCOUNT_INFO"
+    BANK_SYSTEM = "BANK_SYSTEM"
+    OPERATOR = "OPERATOR"
+    UNKNOWN = "UNKNOWN"
+
+
+# --- models -----------------------------------------------------------------------------
+
+
+class WireModel(BaseModel):
+    """Base of every wire message: strict, immutable, JSON bytes in and out."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    SCHEMA: ClassVar[str]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        schema = handler(core_schema)
+        if "schema" in schema.get("properties", {}):
+            # Required on the wire; the default only spares code from spelling it out.
+            schema["required"] = ["schema", *schema.get("required", [])]
+        return schema
+
+    def to_json(self) -> bytes:
+        """The message as compact UTF-8 JSON; absent optional fields are left out."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        """Parse and validate one message, `schema` field included; raises `MessageError`."""
+        payload = data.encode() if isinstance(data, str) else data
+        message = parse_message(payload, expected=cls)  # type: ignore[arg-type]
+        assert isinstance(message, cls)
+        return message
+
+
+class TxnEvent(WireModel):
+    """A transaction result seen on a terminal (`posmon.txn/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.txn/1"
+    schema_: Literal["posmon.txn/1"] = Field("posmon.txn/1", alias="schema")
+    event_id: UUID = Field(description="Assigned once when the agent accepts the frame.")
+    agent_id: AgentId
+    tid: Tid
+    mid: Mid
+    kind: TxnKind
+    amount: MinorUnits
+    currency: Currency
+    pan_masked: PanMasked
+    rc: str = Field(pattern=r"^[0-9A-Z]{2}$", description="ISO 8583 field 39 response code.")
+    approved: StrictBool
+    rrn: Rrn
+    stan: SixDigits
+    batch: SixDigits
+    terminal_time: Timestamp
+    observed_at: Timestamp
+    auth_code: str | None = Field(None, pattern=r"^[0-9A-Za-z ]{1,6}$")
+    issuer: str | None = Field(None, pattern=r"^[0-9A-Za-z]{1,11}$")
+    entry_mode: EntryMode | None = None
+    orig_stan: SixDigits | None = None
+    orig_rrn: Rrn | None = None
+    extra: Extra | None = None
+
+
+class StatusEvent(WireModel):
+    """A terminal's status or heartbeat (`posmon.status/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.status/1"
+    schema_: Literal["posmon.status/1"] = Field("posmon.status/1", alias="schema")
+    event_id: UUID
+    agent_id: AgentId
+    tid: Tid
+    link_up: StrictBool = Field(description="The terminal's link to the acquirer host.")
+    network: Network
+    saf_pending: Count = Field(description="Offline transactions not yet uploaded.")
+    serial_ok: StrictBool = Field(description="The agent's own view of the serial port.")
+    observed_at: Timestamp
+    rssi_dbm: StrictInt | None = Field(None, ge=-150, le=0)
+    host_rtt_ms: Count | None = None
+    battery_pct: StrictInt | None = Field(None, ge=0, le=100)
+    paper: Paper | None = None
+    firmware: str | None = Field(None, min_length=1, max_length=64)
+    heartbeat_only: StrictBool | None = Field(
+        None, description="True for a heartbeat: link, network and SAF are the last known."
+    )
+    extra: Extra | None = None
+
+
+class BatchEvent(WireModel):
+    """A batch close on a terminal (`posmon.batch/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.batch/1"
+    schema_: Literal["posmon.batch/1"] = Field("posmon.batch/1", alias="schema")
+    event_id: UUID
+    agent_id: AgentId
+    tid: Tid
+    mid: Mid
+    batch: SixDigits
+    count: Count
+    total: MinorUnits
+    currency: Currency
+    result: BatchResult
+    terminal_time: Timestamp
+    observed_at: Timestamp
+    extra: Extra | None = None
+
+
+class PresenceEvent(WireModel):
+    """Whether an agent is online, and which terminals it serves (`posmon.presence/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.presence/1"
+    schema_: Literal["posmon.presence/1"] = Field("posmon.presence/1", alias="schema")
+    agent_id: AgentId
+    state: PresenceState
+    tids: list[Tid] = Field(max_length=256)
+    version: str = Field(min_length=1, max_length=32)
+    observed_at: Timestamp
+
+
+class SettlementEvent(WireModel):
+    """One settlement result from the acquirer (`posmon.settlement/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.settlement/1"
+    schema_: Literal["posmon.settlement/1"] = Field("posmon.settlement/1", alias="schema")
+    settlement_id: str = Field(pattern=r"^[0-9A-Za-z._:-]{1,64}$")
+    mid: Mid
+    tid: Tid
+    rrn: Rrn
+    txn_date: date
+    amount: SignedMinorUnits = Field(description="Gross amount.")
+    fee: SignedMinorUnits
+    net_amount: SignedMinorUnits = Field(description="amount - fee.")
+    currency: Currency
+    status: SettlementStatus
+    settled_at: Timestamp
+    kind: SettlementKind
+    stan: SixDigits | None = None
+    batch: SixDigits | None = None
+    reason_code: str | None = Field(None, pattern=r"^[0-9A-Za-z_.-]{1,16}$")
+    reason_text: ShortText | None = None
+    bank_code: str | None = Field(None, pattern=r"^[0-9A-Za-z]{1,11}$")
+    account_masked: AccountMasked | None = None
+    original_settlement_id: str | None = Field(None, pattern=r"^[0-9A-Za-z._:-]{1,64}$")
+    case_id: str | None = Field(None, pattern=r"^[0-9A-Za-z._:-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _net_is_gross_less_fee(self) -> Self:
+        if self.net_amount != self.amount - self.fee:
+            raise ValueError(
+                f"net_amount {self.net_amount} != amount {self.amount} - fee {self.fee}"
+            )
+        return self
+
+
+class AlertEvent(WireModel):
+    """An alert firing or resolving (`posmon.alert/1`)."""
+
+    SCHEMA: ClassVar[str] = "posmon.alert/1"
+    schema_: Literal["posmon.alert/1"] = Field("posmon.alert/1", alias="schema")
+    alert_id: str = Field(pattern=r"^[0-9A-Za-z._:-]{1,64}$")
+    fingerprint: str = Field(min_length=1, max_length=256)
+    # Used as a topic segment: upper snake case only.
+    type: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    severity: Severity
+    state: AlertState
+    cause: Cause
+    summary: ShortText
+    started_at: Timestamp
+    updated_at: Timestamp
+    resolved_at: Timestamp | None = None
+    tid: Tid | None = None
+    mid: Mid | None = None
+    rrn: Rrn | None = None
+    bank_code: str | None = Field(None, pattern=r"^[0-9A-Za-z]{1,11}$")
+    amount_at_risk: MinorUnits | None = None
+    currency: Currency | None = None
+    case_id: str | None = Field(None, pattern=r"^[0-9A-Za-z._:-]{1,64}$")
+    details: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.amount_at_risk is not None and self.currency is None:
+            raise ValueError("amount_at_risk needs a currency")
+        if (self.state is AlertState.RESOLVED) != (self.resolved_at is not None):
+            raise ValueError("resolved_at is set exactly when state is resolved")
+        return self
+
+
+class DeadLetter(WireModel):
+    """Something that could not be accepted, kept with the reason (`posmon.deadletter/1`).
+
+    `payload` is the frame DATA as parsed (fields in order, PAN field masked) or the
+    message text, with every card-number-shaped digit run masked; bytes that were not UTF-8
+    appear as backslash escapes.
+    """
+
+    SCHEMA: ClassVar[str] = "posmon.deadletter/1"
+    schema_: Literal["posmon.deadletter/1"] = Field("posmon.deadletter/1", alias="schema")
+    event_id: UUID
+    source: str = Field(
+        min_length=1, max_length=256, description="Who rejected it: agent port or collector."
+    )
+    reason: str = Field(min_length=1, max_length=1024)
+    payload: str = Field(max_length=65536)
+    observed_at: Timestamp
+    agent_id: AgentId | None = None
+    tid: Tid | None = None
+    topic: str | None = Field(None, max_length=1024)
+
+    @field_validator("payload", "reason", mode="after")
+    @classmethod
+    def _masked(cls, value: str) -> str:
+        # Dead letters are published and stored: whatever produced one, no card number
+        # leaves in it.
+        return scrub(value)
+
+
+WireMessage = (
+    TxnEvent | StatusEvent | BatchEvent | PresenceEvent | SettlementEvent | AlertEvent | DeadLetter
+)
+
+MESSAGE_TYPES: dict[str, type[WireMessage]] = {
+    model.SCHEMA: model
+    for model in (
+        TxnEvent,
+        StatusEvent,
+        BatchEvent,
+        PresenceEvent,
+        SettlementEvent,
+        AlertEvent,
+        DeadLetter,
+    )
+}
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid contract message; `reason` says why."""
+
+    def __init__(self, reason: str, payload: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.payload = payload
+
+
+_ANY_MESSAGE: TypeAdapter[WireMessage] = TypeAdapter(
+    Annotated[WireMessage, Field(discriminator="schema_")]
+)
+
+
+def parse_message(payload: bytes, expected: type[WireMessage] | None = None) -> WireMessage:
+    """Parse a payload by its `schema` field, optionally insisting on one model."""
+    try:
+        message = _ANY_MESSAGE.validate_json(payload)
+    except ValidationError as exc:
+        raise MessageError(_describe(exc), payload) from exc
+    if expected is not None and not isinstance(message, expected):
+        raise MessageError(f"schema {message.SCHEMA} where {expected.SCHEMA} was expected", payload)
+    return message
+
+
+def _describe(exc: ValidationError) -> str:
+    """A one-line reason naming each bad field, without echoing values (they may hold PANs)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

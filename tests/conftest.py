@@ -1,0 +1,195 @@
+"""Shared fixtures: real mosquitto brokers on free ports, MQTT listeners, unique prefixes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from posmon.mqtt import Message, MqttClient, MqttSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_CONF = ROOT / "deploy" / "mosquitto" / "posmon.conf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: object, timeout: float, message: str = "condition") -> None:
+    """Poll `predicate()` until true or fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {message}")
+
+
+class Broker:
+    """A mosquitto running posmon's broker configuration on a free port, in its own folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        data = workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for line in BROKER_CONF.read_text().splitlines():
+            key = line.split(" ", 1)[0]
+            if key in ("listener", "persistence_location", "password_file", "allow_anonymous"):
+                continue
+            lines.append(line)
+        lines += [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence_location {data}/",
+            f"log_dest file {workdir}/mosquitto.log",
+        ]
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([binary, "-c", str(self.conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.05)
+        log = (
+            (self.workdir / "mosquitto.log").read_text()
+            if (self.workdir / "mosquitto.log").exists()
+            else ""
+        )
+        raise RuntimeError(f"mosquitto did not start on {self.port}:\n{log}")
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM): mosquitto writes its persistence file first."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def settings(self, prefix: str, **overrides: object) -> MqttSettings:
+        values: dict[str, object] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "topic_prefix": prefix,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 1.0,
+        }
+        values.update(overrides)
+        return MqttSettings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for the session; each test keeps to its own topic prefix."""
+    instance = Broker(tmp_path_factory.mktemp("broker"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker for one test, which it may stop and start."""
+    instance = Broker(tmp_path / "broker")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test/{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Listener:
+    """Collects every message under a prefix, in arrival order, from a background loop."""
+
+    client: MqttClient
+    messages: list[Message] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+
+    def on(self, topic_suffix: str) -> list[Message]:
+        with self.lock:
+            return [m for m in self.messages if m.topic.endswith(topic_suffix)]
+
+    def topics(self) -> list[str]:
+        with self.lock:
+            return [m.topic for m in self.messages]
+
+
+def listen(broker: Broker, prefix: str) -> Listener:
+    """Subscribe to `prefix/#` with a persistent session and collect messages."""
+    client = MqttClient(broker.settings(prefix), f"listener-{uuid.uuid4().hex[:8]}")
+    listener = Listener(client)
+
+    def received(message: Message) -> None:
+        with listener.lock:
+            listener.messages.append(message)
+
+    client.on_message = received
+    client.on_connected = lambda session_present: client.subscribe([f"{prefix}/#"])
+    ready = threading.Event()
+
+    def loop() -> None:
+        while not listener.stop.is_set():
+            if not client.connected:
+                try:
+                    client.connect()
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+            client.loop(0.02)
+            if client.connected:
+                ready.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("listener could not connect")
+    time.sleep(0.1)  # let the SUBACK arrive before the test publishes
+    listener.thread = thread
+    return listener
+
+
+def close(listener: Listener) -> None:
+    listener.stop.set()
+    if listener.thread is not None:
+        listener.thread.join(timeout=5)
+    listener.client.disconnect()
+
+
+@pytest.fixture
+def listener_factory() -> Iterator[object]:
+    """`listener_factory(broker, prefix)` -> Listener, closed when the test ends."""
+    made: list[Listener] = []
+
+    def make(broker: Broker, prefix: str) -> Listener:
+        made.append(listen(broker, prefix))
+        return made[-1]
+
+    yield make
+    for item in made:
+        close(item)
