@@ -122,6 +122,10 @@ class Outbox:
                         (last_frame.tid, last_frame.seq, last_frame.fingerprint),
                     )
                 self._db.execute("COMMIT")
+            except OutboxFull:
+                self._db.execute("ROLLBACK")
+                self._bump("refused_keep")  # in its own (autocommit) statement
+                raise
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -142,7 +146,6 @@ class Outbox:
             self._bump(f"dropped_{Priority(victim[1]).name.lower()}")
             return True
         if priority is Priority.KEEP:
-            self._bump("refused_keep")
             raise OutboxFull(f"outbox full ({self._size} events it must keep)")
         self._bump(f"dropped_{priority.name.lower()}")
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -193,3 +194,76 @@ def listener_factory() -> Iterator[object]:
     yield make
     for item in made:
         close(item)
+
+
+class AgentProcess:
+    """`posmon agent run` as a real process, with its configuration file and its log."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        broker: Broker,
+        prefix: str,
+        ports: dict[str, str],
+        *,
+        agent_id: str = "agent-1",
+        extra: str = "",
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "agent.toml"
+        self.log = workdir / "agent.log"
+        self.outbox = workdir / "state" / "outbox.sqlite3"
+        port_blocks = "".join(
+            f'[[ports]]\nname = "{name}"\nurl = "{url}"\n' for name, url in ports.items()
+        )
+        self.config.write_text(
+            f'[agent]\nid = "{agent_id}"\nstate_dir = "{workdir / "state"}"\n'
+            f"{port_blocks}"
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
+            "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\n"
+            f"{extra}"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        posmon = Path(sys.executable).parent / "posmon"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(posmon), "agent", "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> int:
+        """SIGTERM and wait: the agent drains and says it goes offline."""
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(timeout=15)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no flush."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=15)
+        self.process = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[object]:
+    """`agent_factory(broker, prefix, {port: url})` -> AgentProcess, stopped at the end."""
+    made: list[AgentProcess] = []
+
+    def make(broker: Broker, prefix: str, ports: dict[str, str], **kwargs: str) -> AgentProcess:
+        made.append(AgentProcess(tmp_path / f"agent{len(made)}", broker, prefix, ports, **kwargs))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        if agent.process is not None:
+            agent.kill()

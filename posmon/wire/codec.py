@@ -44,6 +44,7 @@ from posmon.wire.models import (
 
 TERMINAL_TIME_FORMAT = "%Y%m%d%H%M%S"
 SEQ_MAX = 65535
+MAX_REASON_KEYS = 64
 # DeadLetter.reason's limit: one frame can hold hundreds of bad fields.
 MAX_REASON = 1024
 # ISO 8583 field 39 codes that mean the card was charged (00 approved, 10 partial,
@@ -123,6 +124,12 @@ class Record:
         return chr(FS).join(parts).encode()
 
 
+# Keys whose values must not be scrubbed: a merchant id is 15 characters, often all digits,
+# and one in ten of those passes Luhn; scrubbing would mask it and make every frame of
+# that merchant invalid. The model checks its shape; dead letters still scrub it.
+_NOT_CARD_NUMBERS = frozenset({"MID"})
+
+
 def parse_data(data: bytes) -> Record:
     """Split frame DATA into a `Record`; the PAN field comes out masked (or blanked)."""
     text = data.decode("utf-8")
@@ -143,7 +150,13 @@ def parse_data(data: bytes) -> Record:
         except PanError as exc:
             fields["PAN"] = "*" * len(fields["PAN"])
             problems.append(f"PAN: {exc.reason}")
-    record = Record(scrub(type_), {scrub(key): scrub(value) for key, value in fields.items()})
+    record = Record(
+        scrub(type_),
+        {
+            scrub(key): value if key in _NOT_CARD_NUMBERS else scrub(value)
+            for key, value in fields.items()
+        },
+    )
     if problems:
         raise _RecordParseError("; ".join(problems), record)
     return record
@@ -404,8 +417,7 @@ class SerialCodec:
         self.source = source
         self.decoder = decoder or FrameDecoder()
         self.counters = CodecCounters()
-        # Last accepted frame per terminal: (SEQ, digest of DATA). Digests only, so no
-        # card number stays in memory longer than one frame.
+        # Last accepted frame per terminal: (SEQ, digest of the masked DATA).
         self._last: dict[str, tuple[int, bytes]] = {}
 
     def feed(self, data: bytes, now: datetime) -> list[Received]:
@@ -435,11 +447,13 @@ class SerialCodec:
         self._last[tid] = (seq, fingerprint)
 
     def _frame(self, data: bytes, now: datetime) -> Received:
-        fingerprint = hashlib.blake2b(data, digest_size=16).digest()
         try:
             record = parse_data(data)
         except _RecordParseError as exc:
             return self._dead(Outcome.INVALID, exc.reason, exc.record, now)
+        # Digest of the masked DATA: a digest of the raw frame could be brute-forced back
+        # to the 6 hidden PAN digits, and the outbox keeps it on disk.
+        fingerprint = hashlib.blake2b(record.to_data(), digest_size=16).digest()
         tid, seq = record.tid, record.seq
         if tid is not None and seq is not None and self._last.get(tid) == (seq, fingerprint):
             self._count(Outcome.REPEAT)
@@ -487,4 +501,6 @@ class SerialCodec:
             counters.rejected += 1
         if reason is not None:
             key = f"{outcome}:{reason}"
+            if key not in counters.by_reason and len(counters.by_reason) >= MAX_REASON_KEYS:
+                key = f"{outcome}:other"  # garbage frames must not grow memory without bound
             counters.by_reason[key] = counters.by_reason.get(key, 0) + 1

@@ -7,6 +7,7 @@ card number can only appear masked. Each model reads and writes JSON bytes.
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -167,6 +168,8 @@ class WireModel(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
+        # Validators are built on first use, so a process pays only for what it handles.
+        defer_build=True,
     )
 
     SCHEMA: ClassVar[str]
@@ -400,15 +403,16 @@ class MessageError(ValueError):
         self.payload = payload
 
 
-_ANY_MESSAGE: TypeAdapter[WireMessage] = TypeAdapter(
-    Annotated[WireMessage, Field(discriminator="schema_")]
-)
+@functools.cache
+def _any_message() -> TypeAdapter[WireMessage]:
+    # Built on first use: an agent never parses messages, and the schemas cost memory.
+    return TypeAdapter(Annotated[WireMessage, Field(discriminator="schema_")])
 
 
 def parse_message(payload: bytes, expected: type[WireMessage] | None = None) -> WireMessage:
     """Parse a payload by its `schema` field, optionally insisting on one model."""
     try:
-        message = _ANY_MESSAGE.validate_json(payload)
+        message = _any_message().validate_json(payload)
     except ValidationError as exc:
         raise MessageError(_describe(exc), payload) from exc
     if expected is not None and not isinstance(message, expected):

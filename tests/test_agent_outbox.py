@@ -1,0 +1,86 @@
+"""The agent's outbox on a real SQLite file: order, bounds, drop policy, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import LastFrame, Outbox, OutboxFull, Priority
+
+
+def make(tmp_path: Path, max_events: int = 100) -> Outbox:
+    return Outbox(tmp_path / "outbox.sqlite3", max_events=max_events)
+
+
+def test_events_come_out_in_insertion_order_and_leave_only_when_removed(tmp_path: Path) -> None:
+    outbox = make(tmp_path)
+    for index in range(10):
+        outbox.put(f"t/{index % 3}", f"e{index}".encode(), Priority.KEEP)
+    first = outbox.peek(0, 4)
+    assert [entry.payload for entry in first] == [b"e0", b"e1", b"e2", b"e3"]
+    rest = outbox.peek(first[-1].id, 100)
+    assert [entry.payload for entry in rest] == [f"e{i}".encode() for i in range(4, 10)]
+    outbox.remove([entry.id for entry in first])
+    assert len(outbox) == 6
+    assert outbox.peek(0, 1)[0].payload == b"e4"
+    outbox.close()
+
+
+def test_contents_survive_reopening(tmp_path: Path) -> None:
+    outbox = make(tmp_path)
+    outbox.put("t", b"kept", Priority.KEEP, LastFrame("10000001", 7, b"digest"))
+    outbox.close()
+    reopened = make(tmp_path)
+    assert len(reopened) == 1
+    assert reopened.peek(0, 10)[0].payload == b"kept"
+    assert reopened.last_frames() == [LastFrame("10000001", 7, b"digest")]
+    reopened.close()
+
+
+def test_full_outbox_drops_oldest_status_first_then_dead_letters(tmp_path: Path) -> None:
+    outbox = make(tmp_path, max_events=100)
+    outbox.put("s", b"status-old", Priority.STATUS)
+    outbox.put("d", b"dead-old", Priority.DEADLETTER)
+    for index in range(97):
+        outbox.put("t", f"txn{index}".encode(), Priority.KEEP)
+    outbox.put("s", b"status-new", Priority.STATUS)
+    assert len(outbox) == 100
+
+    assert outbox.put("t", b"txn-a", Priority.KEEP)  # pushes out status-old
+    assert outbox.put("t", b"txn-b", Priority.KEEP)  # then status-new
+    assert outbox.put("t", b"txn-c", Priority.KEEP)  # then the dead letter
+    payloads = [entry.payload for entry in outbox.peek(0, 200)]
+    assert b"status-old" not in payloads
+    assert b"status-new" not in payloads
+    assert b"dead-old" not in payloads
+    counters = outbox.counters()
+    assert counters["dropped_status"] == 2
+    assert counters["dropped_deadletter"] == 1
+    outbox.close()
+
+
+def test_transactions_are_never_dropped_the_put_is_refused(tmp_path: Path) -> None:
+    outbox = make(tmp_path, max_events=100)
+    for index in range(100):
+        outbox.put("t", f"txn{index}".encode(), Priority.KEEP)
+    with pytest.raises(OutboxFull):
+        outbox.put("t", b"one too many", Priority.KEEP)
+    # A status event arriving now is dropped itself, and the transactions stay.
+    assert outbox.put("s", b"status", Priority.STATUS) is False
+    payloads = [entry.payload for entry in outbox.peek(0, 200)]
+    assert payloads == [f"txn{index}".encode() for index in range(100)]
+    assert outbox.counters()["refused_keep"] == 1
+    assert outbox.counters()["dropped_status"] == 1
+    outbox.close()
+
+
+def test_refused_put_leaves_the_last_frame_memory_untouched(tmp_path: Path) -> None:
+    outbox = make(tmp_path, max_events=100)
+    for index in range(100):
+        outbox.put("t", b"x", Priority.KEEP, LastFrame("10000001", index, b"d"))
+    with pytest.raises(OutboxFull):
+        outbox.put("t", b"y", Priority.KEEP, LastFrame("10000001", 999, b"e"))
+    # The frame was not kept, so its resend must not look like a repeat after a restart.
+    assert outbox.last_frames() == [LastFrame("10000001", 99, b"d")]
+    outbox.close()
