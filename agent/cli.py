@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agent.config import AgentConfig
 from posmon.config import ConfigError, example_toml, load
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from agent.doctor import Report
 
 app = typer.Typer(help="The terminal-side agent: serial in, MQTT out.", no_args_is_help=True)
 
@@ -67,3 +75,102 @@ def config_example() -> None:
         "# POSMON_<SECTION>__<KEY>, e.g. POSMON_MQTT__HOST=broker.example.\n"
     )
     typer.echo(header + example_toml(AgentConfig, EXAMPLE_PORTS), nl=False)
+
+
+@app.command()
+def doctor(
+    config: ConfigOption = None,
+    listen_seconds: Annotated[
+        float,
+        typer.Option(
+            "--listen-seconds",
+            min=0.1,
+            help="How long to listen for frames on the ports (all at once).",
+        ),
+    ] = 5.0,
+) -> None:
+    """Check an installation: serial ports and frames, broker, outbox. Exit 1 on a failure."""
+    from rich.console import Console  # noqa: PLC0415 - keeps `--help` fast
+
+    from agent.doctor import diagnose  # noqa: PLC0415
+
+    settings = load_config(config)
+    console = Console(highlight=False)
+    console.print(
+        f"posmon agent doctor: agent [bold]{settings.agent.id}[/], "
+        f"config {config or 'defaults and environment'}"
+    )
+    if settings.ports:
+        Console(stderr=True, highlight=False).print(
+            f"Listening to {len(settings.ports)} port(s) for {listen_seconds:g} s "
+            "(only listening: the doctor never answers a terminal) ..."
+        )
+    with _quiet("posmon.mqtt", "paho"):
+        report = diagnose(settings, listen_seconds)
+    _print_report(console, report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Keep the MQTT client's log lines out of the report: the table already says it."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels, strict=True):
+            item.setLevel(level)
+
+
+def _print_report(console: Console, report: Report) -> None:
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    from agent.doctor import Status  # noqa: PLC0415
+
+    styles = {Status.OK: "bold green", Status.FAIL: "bold red", Status.SKIP: "yellow"}
+    table = Table(title="Checks", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("target")
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail / hint")
+    for check in report.checks:
+        detail = Text(check.detail)
+        if check.hint:
+            detail.append("\n" + check.hint, style="italic cyan")
+        table.add_row(
+            check.name, check.target, Text(check.status.value, style=styles[check.status]), detail
+        )
+    console.print(table)
+    devices = Table(title="Serial devices present", title_justify="left")
+    for column in ("device", "description", "USB", "hardware id", "configured as"):
+        devices.add_column(column)
+    for device in report.devices:
+        devices.add_row(
+            device.device,
+            device.description,
+            "yes" if device.usb else "no",
+            device.hwid,
+            ", ".join(device.configured_as),
+        )
+    if not report.devices:
+        devices.add_row("(none found)", "", "", "", "")
+    console.print(devices)
+    failed = report.failed
+    skipped = sum(check.status is Status.SKIP for check in report.checks)
+    if failed:
+        names = ", ".join(f"{check.name} {check.target}" for check in failed)
+        console.print(
+            f"[bold red]FAIL[/]: {len(failed)} of {len(report.checks)} checks failed: {names}",
+            soft_wrap=True,
+        )
+    else:
+        passed = len(report.checks) - skipped
+        console.print(
+            f"[bold green]OK[/]: all {passed} checks passed"
+            + (f", {skipped} skipped" if skipped else ""),
+            soft_wrap=True,
+        )

@@ -143,11 +143,16 @@ class Outbox:
         if victim is not None:
             self._db.execute("DELETE FROM events WHERE id = ?", (victim[0],))
             self._size -= 1
-            self._bump(f"dropped_{Priority(victim[1]).name.lower()}")
+            dropped = Priority(victim[1]).name.lower()
+            self._bump(f"dropped_{dropped}")
+            logger.warning("outbox full (%d): dropped the oldest %s event", self._size, dropped)
             return True
         if priority is Priority.KEEP:
             raise OutboxFull(f"outbox full ({self._size} events it must keep)")
         self._bump(f"dropped_{priority.name.lower()}")
+        logger.warning(
+            "outbox full of transactions and batches: dropped a new %s event", priority.name.lower()
+        )
         return False
 
     def _bump(self, name: str) -> None:

@@ -201,6 +201,7 @@ class MqttClient:
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._started = False
+        self._open = False  # a socket exists (CONNACK may still be on its way)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -227,22 +228,29 @@ class MqttClient:
                 self._started = True
             else:
                 self._client.reconnect()
+            self._open = True
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.last_error = f"{settings.host}:{settings.port}: {exc}"
             raise MqttError(self.last_error) from exc
 
     def loop(self, timeout: float = 0.1) -> bool:
         """Do network work for up to `timeout` s; return False when the connection is gone."""
+        if not self._open:
+            return False  # paho would log an error for every call without a socket
         code = self._client.loop(timeout)
-        if code is not MQTTErrorCode.MQTT_ERR_SUCCESS and self.connected:
+        if code is MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return True
+        self._open = False
+        if self.connected:
             self._lost(paho.error_string(code))
-        return code is MQTTErrorCode.MQTT_ERR_SUCCESS
+        return False
 
     def disconnect(self) -> None:
         """Say goodbye cleanly (the will is not sent) and flush what the socket holds."""
         was_connected, self.connected = self.connected, False
         if was_connected:
             self._client.disconnect()
+        self._open = False
 
     # --- messages -----------------------------------------------------------------------
 

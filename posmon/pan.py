@@ -145,4 +145,11 @@ def scrub(text: str) -> str:
     """Return `text` with every Luhn-valid 13-19 digit run masked to first 6 / last 4."""
     if len(text) < MIN_PAN_DIGITS:
         return text
-    return _CANDIDATE.sub(lambda match: _mask_run(match.group(0)), text)
+    # Masking one run can leave its last 4 digits next to the rest of a real PAN that
+    # overlapped it ("10710113146 3117 0001 0000 7"); pass again until nothing changes.
+    # Every pass that changes the text masks digits, so this ends.
+    while True:
+        scrubbed = _CANDIDATE.sub(lambda match: _mask_run(match.group(0)), text)
+        if scrubbed == text:
+            return text
+        text = scrubbed

@@ -6,6 +6,7 @@ logic runs the same over a real RS-232/USB port, a pseudo-terminal or `loop://`.
 
 from __future__ import annotations
 
+import termios
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,7 +48,8 @@ class _Port:
         try:
             written = self._port.write(data)
             self._port.flush()
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
+            # tcdrain raises termios.error, not OSError, when the line drops mid-write.
             raise SerialPortError(f"write: {exc}") from exc
         return written
 
