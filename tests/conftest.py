@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,10 @@ class Broker:
             f"persistence_location {data}/",
             f"log_dest file {workdir}/mosquitto.log",
         ]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to user `mosquitto`, which cannot write the
+            # test's folder: persistence would silently fail.
+            lines.append("user root")
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 

@@ -347,11 +347,9 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broke
     )  # fmt: skip
     instance = Broker(folder / "broker")
     listener = f"listener {instance.port} 127.0.0.1"
-    # `user root`: started as root, mosquitto would otherwise drop to its own user before
-    # reading the key from this private folder (no effect when not started as root).
     instance.conf.write_text(
         instance.conf.read_text().replace(
-            listener, f"user root\n{listener}\ncafile {ca}\ncertfile {cert}\nkeyfile {key}"
+            listener, f"{listener}\ncafile {ca}\ncertfile {cert}\nkeyfile {key}"
         )
     )
     instance.start()
