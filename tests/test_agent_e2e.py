@@ -291,3 +291,78 @@ def test_a_full_pan_is_masked_on_the_broker_in_the_log_and_in_the_outbox_file(
         for where, data in (("broker", on_the_broker), ("log", in_the_log), ("disk", on_disk)):
             assert pan.encode() not in data, f"a full PAN reached the {where}"
     assert mask_pan(pans[3]).encode() in on_the_broker
+
+
+def test_two_ports_one_unplugged_reports_serial_down_and_resumes_after_replug(
+    broker: Broker,
+    prefix: str,
+    tmp_path: Path,
+    listener_factory: Callable[..., Listener],
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    listener = listener_factory(broker, prefix)
+    with PtyLink(tmp_path / "ttyA") as link_a, PtyLink(tmp_path / "ttyB") as link_b:
+        agent = agent_factory(broker, prefix, {"a": str(link_a.path), "b": str(link_b.path)})
+        agent.start()
+        first, _ = txn_burst(10, seed=21)
+        second = [m.replace(TID="10000002", RRN=f"9{i:011d}") for i, m in enumerate(first)]
+        assert terminal(link_a, first[:5]).run().acked == 5
+        config_b = TerminalConfig(tid="10000002", rate=0, heartbeat_interval=0, seed=4)
+        assert SimulatedTerminal(link_b, ScriptedStream(second[:5]), config_b).run().acked == 5
+        wait_until(lambda: len(listener.on("/txn")) >= 10, 15, "events from both ports")
+
+        link_a.unplug()
+        wait_until(
+            lambda: any(
+                json.loads(m.payload)["serial_ok"] is False
+                for m in listener.on(f"/terminals/{TID}/status")
+            ),
+            15,
+            "serial_ok false for the terminal behind the unplugged port",
+        )
+        assert "port a:" in agent.log_text()
+        # The other port carries on while the first is away.
+        config_b2 = TerminalConfig(
+            tid="10000002", rate=0, heartbeat_interval=0, seed=5, first_seq=5
+        )
+        assert SimulatedTerminal(link_b, ScriptedStream(second[5:]), config_b2).run().acked == 5
+        link_a.replug()
+        config_a2 = TerminalConfig(tid=TID, rate=0, heartbeat_interval=0, seed=6, first_seq=5)
+        assert SimulatedTerminal(link_a, ScriptedStream(first[5:]), config_a2).run().acked == 5
+        wait_until(lambda: len(listener.on("/txn")) >= 20, 15, "all 20 transactions")
+        assert len({e["rrn"] for e in events(listener, "txn")}) == 20
+        presence = json.loads(listener.on("/presence")[-1].payload)
+        assert presence["tids"] == [TID, "10000002"]
+        agent.stop()
+
+
+def test_mqtt5_session_and_will_on_sigkill(
+    broker: Broker,
+    prefix: str,
+    pty: PtyLink,
+    listener_factory: Callable[..., Listener],
+    agent_factory: Callable[..., AgentProcess],
+) -> None:
+    listener = listener_factory(broker, prefix)
+    agent = agent_factory(
+        broker,
+        prefix,
+        {"counter-1": str(pty.path)},
+        agent_id="v5-box",
+        extra='protocol = "5"\nsession_expiry_s = 3600\n',
+    )
+    agent.start()
+    messages, _ = txn_burst(5, seed=31)
+    assert terminal(pty, messages).run().acked == 5
+    wait_until(lambda: len(listener.on("/txn")) >= 5, 15, "5 events over MQTT 5")
+    assert "MQTT connected" in agent.log_text()
+    agent.kill()
+    wait_until(
+        lambda: (
+            json.loads(listener.on("/agents/v5-box/presence")[-1].payload)["state"] == "offline"
+        ),
+        10,
+        "the broker publishing the agent's will",
+    )
+    will = listener.on("/agents/v5-box/presence")[-1]
+    assert json.loads(will.payload)["tids"] == []  # the will is set before any TID is seen
