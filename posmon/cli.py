@@ -100,6 +100,7 @@ def _register_roles() -> None:
 # (module, Typer attribute, command name) for every role that has commands.
 ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("agent.cli", "app", "agent"),
+    ("collector.cli", "app", "collector"),
     ("simulators.cli", "app", "simulate"),
 ]
 

@@ -1,0 +1,138 @@
+"""The collector's configuration: one TOML file, `POSMON_<SECTION>__<KEY>` overrides."""
+
+from __future__ import annotations
+
+import socket
+from datetime import datetime, time
+from enum import StrEnum
+from typing import Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from posmon.config import RoleSettings, Section
+from posmon.mqtt import MqttSettings
+
+
+class SettlementMode(StrEnum):
+    """When a merchant's money is due."""
+
+    T1 = "T1"  # next business day, before the cut-off
+    D0 = "D0"  # the same calendar day, before the cut-off
+    T0 = "T0"  # within `t0_hours` of the transaction
+
+
+class CollectorSection(Section):
+    """Who this collector is."""
+
+    id: str = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "collector",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Collector id, unique among collectors sharing a database.",
+    )
+
+
+class DatabaseSection(Section):
+    """Where the collector keeps what it has acknowledged."""
+
+    url: str = Field(
+        "sqlite:////var/lib/posmon-collector/posmon.db",
+        description=(
+            "SQLAlchemy URL: sqlite:///PATH (embedded, one collector) or "
+            "postgresql+psycopg://user@host/db (several collectors)."
+        ),
+    )
+
+
+class IngestSection(Section):
+    """How the collector takes messages from the broker."""
+
+    shared_group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="MQTT shared subscription group: collectors in one group split the load.",
+    )
+    batch_size: int = Field(
+        200, ge=1, le=10_000, description="Messages stored per transaction before the acks."
+    )
+    batch_wait_ms: int = Field(
+        20, ge=0, le=5000, description="Longest a message waits for its batch to fill."
+    )
+
+
+class MerchantRule(Section):
+    """Settlement terms of one merchant (or the default for all)."""
+
+    mid: str = Field(pattern=r"^[0-9A-Za-z]{15}$", description="Merchant id.")
+    mode: SettlementMode = Field(SettlementMode.T1, description="T1, D0 or T0.")
+    cutoff: time = Field(time(18, 0), description="Local time the money is due by.")
+    t0_hours: float = Field(2.0, gt=0, le=48, description="T0: hours after the transaction.")
+    fee_bp: int = Field(0, ge=0, le=10_000, description="Fee in basis points of the amount.")
+    fee_fixed: int = Field(0, ge=0, description="Fixed fee per transaction, minor units.")
+
+
+class SettlementSection(Section):
+    """Defaults for merchants not listed, and the calendar deadlines are counted in."""
+
+    timezone: str = Field("Asia/Shanghai", description="Time zone of cut-offs and dates.")
+    calendar: str = Field("CN", description="Country code of the business-day calendar.")
+    mode: SettlementMode = Field(SettlementMode.T1, description="Default settlement mode.")
+    cutoff: time = Field(time(18, 0), description="Default cut-off, local time.")
+    t0_hours: float = Field(2.0, gt=0, le=48, description="Default T0 window in hours.")
+    fee_bp: int = Field(0, ge=0, le=10_000, description="Default fee in basis points.")
+    fee_fixed: int = Field(0, ge=0, description="Default fixed fee, minor units.")
+    skew_days: int = Field(
+        1, ge=0, le=3, description="Terminal clock skew tolerated when matching by date."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class ClockSection(Section):
+    """Accelerated time for simulations: virtual = origin + (now - anchor) * scale."""
+
+    scale: float = Field(1.0, gt=0, description="1 is real time; 3600 runs an hour a second.")
+    origin: datetime | None = Field(None, description="Virtual time at the anchor.")
+    anchor: datetime | None = Field(None, description="Real time the origin stands for.")
+
+    @model_validator(mode="after")
+    def _aware(self) -> Self:
+        for value in (self.origin, self.anchor):
+            if value is not None and value.tzinfo is None:
+                raise ValueError("origin and anchor need a UTC offset")
+        return self
+
+
+class HttpSection(Section):
+    """The collector's HTTP endpoint (settlements in)."""
+
+    enabled: bool = Field(True, description="Serve HTTP.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8470, ge=0, le=65535, description="Port to listen on (0: any free).")
+
+
+class CollectorConfig(RoleSettings):
+    """Everything `posmon collector run` needs."""
+
+    collector: CollectorSection = Field(default_factory=CollectorSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ingest: IngestSection = Field(default_factory=IngestSection)
+    settlement: SettlementSection = Field(default_factory=SettlementSection)
+    merchants: list[MerchantRule] = Field(default_factory=list)
+    clock: ClockSection = Field(default_factory=ClockSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _unique_merchants(self) -> Self:
+        mids = [rule.mid for rule in self.merchants]
+        if len(set(mids)) != len(mids):
+            raise ValueError("merchants: a merchant is listed twice")
+        return self

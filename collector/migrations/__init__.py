@@ -1,0 +1,1 @@
+"""Alembic migrations of the collector's database (run by `Store.migrate()`)."""

@@ -1,0 +1,218 @@
+"""The collector's tables. Migrations (collector/migrations) create and evolve them.
+
+Every lookup the collector makes on a hot path has an index, so with ten million
+transactions stored each stays a B-tree search: by event id, by business key
+(tid, rrn, kind), by the fallback settlement key (tid, batch, stan, txn_date), by open
+deadline (outcome, deadline), and settlements by id and by unmatched key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware datetime, stored in UTC; SQLite (which keeps no offset) gets naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: posmon stores aware times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _id() -> Column[int]:
+    # BIGINT on PostgreSQL; INTEGER PRIMARY KEY (the rowid) on SQLite.
+    return Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+
+
+transactions = Table(
+    "transactions",
+    metadata,
+    _id(),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("tid", String(8), nullable=False),
+    Column("mid", String(15), nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("pan_masked", String(19), nullable=False),
+    Column("rc", String(2), nullable=False),
+    Column("approved", Boolean, nullable=False),
+    Column("rrn", String(12), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("txn_date", Date, nullable=False),  # terminal-local date
+    Column("terminal_time", UtcDateTime(), nullable=False),
+    Column("observed_at", UtcDateTime(), nullable=False),
+    Column("stored_at", UtcDateTime(), nullable=False),
+    Column("auth_code", String(6)),
+    Column("issuer", String(11)),
+    Column("entry_mode", String(8)),
+    Column("orig_stan", String(6)),
+    Column("orig_rrn", String(12)),
+    Column("extra", JSON),
+    # The expectation: what should arrive, by when, and what did.
+    Column("expected_net", BigInteger),
+    Column("deadline", UtcDateTime()),
+    Column("outcome", String(24), nullable=False),
+    Column("outcome_at", UtcDateTime()),
+    Column("settlement_id", String(64)),
+    UniqueConstraint("tid", "rrn", "kind", name="uq_transactions_business_key"),
+    Index("ix_transactions_tid_rrn", "tid", "rrn"),
+    Index("ix_transactions_fallback", "tid", "batch", "stan", "txn_date"),
+    Index("ix_transactions_open", "outcome", "deadline"),
+    Index("ix_transactions_original", "tid", "orig_rrn"),
+)
+
+settlements = Table(
+    "settlements",
+    metadata,
+    Column("settlement_id", String(64), primary_key=True),
+    Column("mid", String(15), nullable=False),
+    Column("tid", String(8), nullable=False),
+    Column("rrn", String(12), nullable=False),
+    Column("txn_date", Date, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("net_amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("settled_at", UtcDateTime(), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("stan", String(6)),
+    Column("batch", String(6)),
+    Column("reason_code", String(16)),
+    Column("reason_text", String(256)),
+    Column("bank_code", String(11)),
+    Column("account_masked", String(34)),
+    Column("original_settlement_id", String(64)),
+    Column("case_id", String(64)),
+    Column("source", String(16), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    # What the settlement did: the transaction it matched, and the verdict.
+    Column("transaction_id", BigInteger),
+    Column("outcome", String(24), nullable=False),
+    Index("ix_settlements_match", "outcome", "tid", "rrn"),
+    Index("ix_settlements_transaction", "transaction_id"),
+)
+
+outcome_log = Table(
+    "outcome_log",
+    metadata,
+    _id(),
+    Column("transaction_id", BigInteger),
+    Column("settlement_id", String(64)),
+    Column("outcome", String(24), nullable=False),
+    Column("previous", String(24)),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("collector_id", String(64), nullable=False),
+    Column("note", Text),
+    Index("ix_outcome_log_transaction", "transaction_id"),
+)
+
+status_events = Table(
+    "status_events",
+    metadata,
+    _id(),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("tid", String(8), nullable=False),
+    Column("link_up", Boolean, nullable=False),
+    Column("network", String(8), nullable=False),
+    Column("saf_pending", Integer, nullable=False),
+    Column("serial_ok", Boolean, nullable=False),
+    Column("heartbeat_only", Boolean, nullable=False),
+    Column("observed_at", UtcDateTime(), nullable=False),
+    Column("rssi_dbm", Integer),
+    Column("host_rtt_ms", Integer),
+    Column("battery_pct", Integer),
+    Column("paper", String(8)),
+    Column("firmware", String(64)),
+    Index("ix_status_events_tid_time", "tid", "observed_at"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    _id(),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("tid", String(8), nullable=False),
+    Column("mid", String(15), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("result", String(12), nullable=False),
+    Column("terminal_time", UtcDateTime(), nullable=False),
+    Column("observed_at", UtcDateTime(), nullable=False),
+    Index("ix_batches_tid_batch", "tid", "batch"),
+)
+
+presence = Table(
+    "presence",
+    metadata,
+    Column("agent_id", String(64), primary_key=True),
+    Column("state", String(8), nullable=False),
+    Column("tids", JSON, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("observed_at", UtcDateTime(), nullable=False),
+)
+
+deadletters = Table(
+    "deadletters",
+    metadata,
+    _id(),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("source", String(256), nullable=False),
+    Column("reason", String(1024), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("topic", String(1024)),
+    Column("observed_at", UtcDateTime(), nullable=False),
+)
+
+collectors = Table(
+    "collectors",
+    metadata,
+    Column("collector_id", String(64), primary_key=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("seen_at", UtcDateTime(), nullable=False),
+    Column("subscriptions", JSON, nullable=False),
+    Column("counters", JSON, nullable=False),
+)
