@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, time
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from pydantic import ValidationError
 
+from posmon.mqtt import DEFAULT_PREFIX, MqttClient, MqttSettings
+from posmon.simclock import SimClock
+from simulators.acquirer.core import AcquirerConfig, AcquirerCore, BankBasis, TimeBasis
+from simulators.acquirer.faults import FaultRates, Scenarios, parse_frozen, parse_outage
+from simulators.acquirer.files import SettlementFiles, TruthLog
+from simulators.acquirer.runner import AcquirerRunner
+from simulators.acquirer.terms import MerchantProfile, SettlementMode, SettlementTerms
 from simulators.faults import Faults
 from simulators.link import ByteLink, LinkDown, SerialLink
 from simulators.messages import MessageSource
@@ -27,7 +39,7 @@ logger = logging.getLogger(__name__)
 PTY_NAME = "ttyPOS0"
 
 app = typer.Typer(
-    help="Simulated peers (POS terminals) for demos and tests.",
+    help="Simulated peers (POS terminals, an acquirer) for demos and tests.",
     no_args_is_help=True,
 )
 
@@ -198,3 +210,285 @@ def terminal(
     finally:
         byte_link.close()
     typer.echo(" ".join(f"{name}={value}" for name, value in counters.as_dict().items()))
+
+
+# --- posmon simulate acquirer ---------------------------------------------------------------
+
+_ACQ_TIME = "Time"
+_ACQ_TERMS = "Settlement terms"
+_ACQ_FAULTS = "Faults (probabilities per approved sale; --faults picks the defaults)"
+_ACQ_SCENARIOS = "Scenarios"
+
+
+def _moment(text: str | None, param: str, default: datetime) -> datetime:
+    if text is None:
+        return default
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint=param) from exc
+    if moment.utcoffset() is None:
+        raise typer.BadParameter(f"{text!r} needs a UTC offset, e.g. +08:00", param_hint=param)
+    return moment
+
+
+def _merchant(spec: str, defaults: SettlementTerms) -> MerchantProfile:
+    """`MID:MODE[:FEE_BP[:BANK]]`, e.g. `898100012340002:D0:38:0105`."""
+    parts = spec.split(":")
+    if not 2 <= len(parts) <= 4:
+        raise ValueError(f"merchant {spec!r} is not MID:MODE[:FEE_BP[:BANK]]")
+    mode = SettlementMode(parts[1].upper())
+    fee_bp = int(parts[2]) if len(parts) > 2 and parts[2] else defaults.fee_bp
+    bank = parts[3] if len(parts) > 3 and parts[3] else None
+    terms = dataclasses.replace(defaults, mode=mode, fee_bp=fee_bp)
+    return MerchantProfile.derive(parts[0], terms, bank)
+
+
+class FaultPreset(StrEnum):
+    """Where the acquirer's fault rates start before single knobs override them."""
+
+    NONE = "none"  # no random faults; sales taken offline are uploaded after all
+    DEMO = "demo"  # FaultRates.demo(): every kind of fault within a few hundred sales
+
+
+def _rates(preset: FaultPreset, overrides: dict[str, float | None]) -> FaultRates:
+    base = FaultRates.demo() if preset is FaultPreset.DEMO else FaultRates.none()
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return dataclasses.replace(base, **given)
+
+
+def _rate_option(help_text: str) -> Any:
+    return typer.Option(min=0, max=1, help=help_text, rich_help_panel=_ACQ_FAULTS)
+
+
+@app.command()
+def acquirer(
+    *,
+    broker_host: Annotated[str, typer.Option(help="MQTT broker host.")] = "127.0.0.1",
+    broker_port: Annotated[int, typer.Option(min=1, max=65535, help="MQTT broker port.")] = 1883,
+    prefix: Annotated[str, typer.Option(help="Topic prefix.")] = DEFAULT_PREFIX,
+    client_id: Annotated[
+        str, typer.Option(help="MQTT client id; the broker keeps its session between runs.")
+    ] = "posmon-acquirer-sim",
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed; the same seed gives the same faults.")
+    ] = None,
+    ground_truth: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="Write the injected faults here (JSON lines)."),
+    ] = None,
+    record_normal: Annotated[
+        bool, typer.Option(help="Also write a ground-truth line per on-time settlement.")
+    ] = False,
+    csv_dir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="Write settlements-YYYYMMDD.csv files here."),
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="CSV encoding: utf-8 or gbk.")] = "utf-8",
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many real seconds.")
+    ] = None,
+    scale: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Virtual seconds per real second (3600: an hour a second).",
+            rich_help_panel=_ACQ_TIME,
+        ),
+    ] = 3600.0,
+    origin: Annotated[
+        str | None,
+        typer.Option(
+            help="Virtual time at the start, ISO 8601 with offset; default now.",
+            rich_help_panel=_ACQ_TIME,
+        ),
+    ] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            help="Real time the origin stands for (share it with the collector); default now.",
+            rich_help_panel=_ACQ_TIME,
+        ),
+    ] = None,
+    time_basis: Annotated[
+        TimeBasis,
+        typer.Option(
+            help="Count from the terminal's time, or from arrival (terminals on real time).",
+            rich_help_panel=_ACQ_TIME,
+        ),
+    ] = TimeBasis.TERMINAL,
+    tz: Annotated[
+        str, typer.Option(help="Time zone of cut-offs and dates.", rich_help_panel=_ACQ_TIME)
+    ] = "Asia/Shanghai",
+    mode: Annotated[
+        SettlementMode,
+        typer.Option(help="Settlement mode of merchants not listed.", rich_help_panel=_ACQ_TERMS),
+    ] = SettlementMode.T1,
+    cutoff: Annotated[
+        str, typer.Option(help="Cut-off, local HH:MM.", rich_help_panel=_ACQ_TERMS)
+    ] = "18:00",
+    t0_hours: Annotated[
+        float, typer.Option(min=0.01, max=48, help="T0 window.", rich_help_panel=_ACQ_TERMS)
+    ] = 2.0,
+    fee_bp: Annotated[
+        int,
+        typer.Option(min=0, max=10000, help="Fee, basis points.", rich_help_panel=_ACQ_TERMS),
+    ] = 60,
+    fee_fixed: Annotated[
+        int, typer.Option(min=0, help="Fixed fee per sale, fen.", rich_help_panel=_ACQ_TERMS)
+    ] = 0,
+    merchant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MID:MODE[:FEE_BP[:BANK]], repeatable; others get the defaults above.",
+            rich_help_panel=_ACQ_TERMS,
+        ),
+    ] = None,
+    bank_basis: Annotated[
+        BankBasis,
+        typer.Option(
+            help="Credit the merchant's bank, or take the card issuer's code (ISS).",
+            rich_help_panel=_ACQ_TERMS,
+        ),
+    ] = BankBasis.MERCHANT,
+    batch_gate: Annotated[
+        bool,
+        typer.Option(
+            help="T1 sales need their batch closed (BAT) by the deadline.",
+            rich_help_panel=_ACQ_TERMS,
+        ),
+    ] = True,
+    faults: Annotated[
+        FaultPreset,
+        typer.Option(help="Rates to start from: none or demo.", rich_help_panel=_ACQ_FAULTS),
+    ] = FaultPreset.NONE,
+    account_failed: Annotated[
+        float | None, _rate_option("FAILED: AC01/AC03/AC04/AC06/BE01/RC01.")
+    ] = None,
+    account_returned: Annotated[
+        float | None, _rate_option("CREDITED, then RETURNED: AC01/AC04/AC06/BE01.")
+    ] = None,
+    risk_hold: Annotated[float | None, _rate_option("FAILED: M103 risk hold.")] = None,
+    bank_failed: Annotated[float | None, _rate_option("FAILED: B202/B203/TM01.")] = None,
+    unspecified_failed: Annotated[
+        float | None, _rate_option("FAILED: MS03/NARR (cause UNKNOWN).")
+    ] = None,
+    late: Annotated[float | None, _rate_option("CREDITED after the deadline.")] = None,
+    duplicate: Annotated[float | None, _rate_option("CREDITED twice.")] = None,
+    mismatch: Annotated[float | None, _rate_option("CREDITED for a wrong amount.")] = None,
+    orphan: Annotated[float | None, _rate_option("Extra settlement, no such sale.")] = None,
+    offline_lost: Annotated[
+        float | None, _rate_option("Sale taken offline (link down, SAF>0) never uploaded.")
+    ] = None,
+    frozen: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MID[:CODE]: every settlement of the merchant fails (default M102).",
+            rich_help_panel=_ACQ_SCENARIOS,
+        ),
+    ] = None,
+    bank_outage: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="BANK@START/END, times +N[d|h|m] after the origin or ISO: 0102@+26h/+30h.",
+            rich_help_panel=_ACQ_SCENARIOS,
+        ),
+    ] = None,
+    outage_delay_share: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Share of outage settlements delayed (the rest fail).",
+            rich_help_panel=_ACQ_SCENARIOS,
+        ),
+    ] = 0.5,
+) -> None:
+    """Run a simulated acquirer: settle the terminals' sales over MQTT, with faults."""
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(f"unknown time zone {tz!r}", param_hint="--tz") from exc
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    real_start = datetime.now(UTC)
+    start = _moment(origin, "--origin", real_start.astimezone(zone))
+    real_anchor = _moment(anchor, "--anchor", real_start)
+    try:
+        settings = MqttSettings(host=broker_host, port=broker_port, topic_prefix=prefix)
+        terms = SettlementTerms(
+            mode=mode,
+            cutoff=time.fromisoformat(cutoff),
+            t0_hours=t0_hours,
+            fee_bp=fee_bp,
+            fee_fixed=fee_fixed,
+        )
+        rates = _rates(
+            faults,
+            {
+                "account_failed": account_failed,
+                "account_returned": account_returned,
+                "risk_hold": risk_hold,
+                "bank_failed": bank_failed,
+                "unspecified_failed": unspecified_failed,
+                "late": late,
+                "duplicate": duplicate,
+                "mismatch": mismatch,
+                "orphan": orphan,
+                "offline_lost": offline_lost,
+            },
+        )
+        scenarios = Scenarios(
+            frozen=tuple(parse_frozen(item) for item in frozen or ()),
+            outages=tuple(
+                parse_outage(item, start, outage_delay_share) for item in bank_outage or ()
+            ),
+        )
+        config = AcquirerConfig(
+            terms=terms,
+            merchants=tuple(_merchant(item, terms) for item in merchant or ()),
+            rates=rates,
+            scenarios=scenarios,
+            tz=zone,
+            batch_gate=batch_gate,
+            time_basis=time_basis,
+            bank_basis=bank_basis,
+            record_normal=record_normal,
+        )
+        csv_files = SettlementFiles(csv_dir, zone, encoding) if csv_dir is not None else None
+    except (ValueError, ValidationError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    clock = SimClock(start, scale, real_anchor)
+    core = AcquirerCore(config, seed=seed)
+    client = MqttClient(settings, client_id)
+    truth = TruthLog(ground_truth) if ground_truth is not None else None
+    stop = threading.Event()
+    runner = AcquirerRunner(core, client, clock, csv_files=csv_files, truth=truth)
+    typer.echo(
+        f"acquirer on {broker_host}:{broker_port} prefix {prefix}, seed {seed}; "
+        f"virtual time from {start.isoformat(timespec='seconds')} x{scale:g}; Ctrl-C to stop"
+    )
+    try:
+        with _set_on_signals(stop):
+            summary = runner.run(stop, duration=duration)
+    finally:
+        if truth is not None:
+            truth.close()
+    typer.echo(" ".join(f"{name}={value}" for name, value in summary.as_dict().items()))
+
+
+@contextmanager
+def _set_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into setting `stop`, for a clean end with a summary."""
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,855 @@
+"""The acquirer simulator: settlement terms, faults and ground truth, files, and the MQTT run.
+
+The core is driven with made-up virtual times (it reads no clock); one test runs the whole
+simulator against a real mosquitto on an accelerated `SimClock`, and one runs the CLI.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import Broker, Listener, wait_until
+from typer.testing import CliRunner
+
+from posmon.mqtt import MqttClient
+from posmon.reasons import DEFAULT_REASON_CODES, Remedy, cause_for, codes_for, lookup
+from posmon.simclock import SimClock, SystemClock
+from posmon.wire.codec import APPROVED_CODES
+from posmon.wire.models import (
+    BatchEvent,
+    BatchResult,
+    Cause,
+    Network,
+    SettlementEvent,
+    SettlementStatus,
+    StatusEvent,
+    TxnEvent,
+    TxnKind,
+)
+from simulators.acquirer import (
+    AcquirerConfig,
+    AcquirerCore,
+    BankOutage,
+    FaultKind,
+    FaultRates,
+    FrozenMerchant,
+    MerchantProfile,
+    Scenario,
+    Scenarios,
+    SettlementMode,
+    SettlementTerms,
+    TruthRecord,
+)
+from simulators.acquirer import faults as fault_codes
+from simulators.acquirer.faults import parse_frozen, parse_moment, parse_outage
+from simulators.acquirer.files import (
+    SettlementFiles,
+    TruthLog,
+    csv_columns,
+    read_settlement_csv,
+    read_truth,
+)
+from simulators.acquirer.runner import AcquirerRunner
+from simulators.cli import app
+
+SH = ZoneInfo("Asia/Shanghai")
+TID = "10000001"
+MID = "898100012340001"
+MID2 = "898100012340002"
+# Friday 20 November 2026, 10:00 in Shanghai.
+FRIDAY = datetime(2026, 11, 20, 10, 0, tzinfo=SH)
+MONDAY = date(2026, 11, 23)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def sale(
+    rrn: str,
+    at: datetime,
+    *,
+    tid: str = TID,
+    mid: str = MID,
+    amount: int = 12800,
+    kind: TxnKind = TxnKind.SALE,
+    rc: str = "00",
+    batch: str = "000042",
+    stan: str | None = None,
+    orig_rrn: str | None = None,
+    orig_stan: str | None = None,
+    issuer: str = "0308",
+) -> TxnEvent:
+    return TxnEvent(
+        event_id=uuid.uuid4(),
+        agent_id="agent-1",
+        tid=tid,
+        mid=mid,
+        kind=kind,
+        amount=amount,
+        currency="CNY",
+        pan_masked="622202*********0123",
+        rc=rc,
+        approved=rc in APPROVED_CODES,
+        rrn=rrn,
+        stan=stan or rrn[-6:],
+        batch=batch,
+        terminal_time=at,
+        observed_at=at,
+        issuer=issuer,
+        orig_rrn=orig_rrn,
+        orig_stan=orig_stan,
+    )
+
+
+def status(at: datetime, *, link_up: bool = True, saf: int = 0, tid: str = TID) -> StatusEvent:
+    return StatusEvent(
+        event_id=uuid.uuid4(),
+        agent_id="agent-1",
+        tid=tid,
+        link_up=link_up,
+        network=Network.G4,
+        saf_pending=saf,
+        serial_ok=True,
+        observed_at=at,
+    )
+
+
+def batch_close(
+    at: datetime,
+    *,
+    tid: str = TID,
+    mid: str = MID,
+    batch: str = "000042",
+    result: BatchResult = BatchResult.OK,
+) -> BatchEvent:
+    return BatchEvent(
+        event_id=uuid.uuid4(),
+        agent_id="agent-1",
+        tid=tid,
+        mid=mid,
+        batch=batch,
+        count=1,
+        total=12800,
+        currency="CNY",
+        result=result,
+        terminal_time=at,
+        observed_at=at,
+    )
+
+
+def rrn(n: int) -> str:
+    return f"{632410000000 + n:012d}"
+
+
+class Run:
+    """Drives a core: events at their times, then the clock moved on; collects the output."""
+
+    def __init__(self, config: AcquirerConfig | None = None, seed: int = 1) -> None:
+        self.core = AcquirerCore(config or AcquirerConfig(rates=FaultRates.none()), seed=seed)
+        self.settlements: list[SettlementEvent] = []
+        self.truth: list[TruthRecord] = []
+
+    def feed(self, *events: TxnEvent | StatusEvent | BatchEvent) -> Run:
+        for event in events:
+            when = event.terminal_time if hasattr(event, "terminal_time") else event.observed_at
+            self.until(when)
+            self.core.receive(event, when)
+        return self
+
+    def until(self, moment: datetime) -> Run:
+        step = self.core.advance(moment)
+        self.settlements += step.settlements
+        self.truth += step.truth
+        return self
+
+    def faults(self, *kinds: FaultKind) -> list[TruthRecord]:
+        return [record for record in self.truth if record.kind in kinds]
+
+
+def terms(**changes: object) -> SettlementTerms:
+    return replace(SettlementTerms(), **changes)  # type: ignore[arg-type]
+
+
+def config(**changes: object) -> AcquirerConfig:
+    base = AcquirerConfig(rates=FaultRates.none())
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def merchant(mid: str, mode: SettlementMode, bank: str | None = None) -> MerchantProfile:
+    return MerchantProfile.derive(mid, terms(mode=mode), bank)
+
+
+# --- the clock ------------------------------------------------------------------------------
+
+
+class FakeRealTime:
+    """A real-time source that only moves when waited on: `wait()` is the stop event."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+        self.waits: list[float] = []
+        self.stop_after: int | None = None
+
+    def now(self) -> datetime:
+        return self.current
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        if self.stop_after is not None and len(self.waits) > self.stop_after:
+            return True
+        self.current += timedelta(seconds=timeout)
+        return False
+
+
+def test_simclock_runs_virtual_time_scale_times_faster() -> None:
+    real = FakeRealTime(datetime(2026, 11, 25, 0, 0, tzinfo=UTC))
+    clock = SimClock(FRIDAY, 3600, real_now=real.now)
+    assert clock.now() == FRIDAY
+    real.current += timedelta(seconds=24)
+    assert clock.now() == FRIDAY + timedelta(days=1)
+    assert clock.real_seconds(timedelta(days=1)) == 24
+    assert clock.to_real(FRIDAY + timedelta(hours=2)) == clock.anchor + timedelta(seconds=2)
+    assert clock.now().tzinfo is SH
+
+
+def test_simclock_sleeps_until_a_virtual_moment_or_a_stop() -> None:
+    real = FakeRealTime(datetime(2026, 11, 25, 0, 0, tzinfo=UTC))
+    clock = SimClock(FRIDAY, 3600, real_now=real.now)
+    assert clock.sleep_until(FRIDAY + timedelta(hours=5), real)
+    assert clock.now() >= FRIDAY + timedelta(hours=5)
+    assert max(real.waits) <= 1.0  # long waits are cut up so a stop is seen promptly
+    assert sum(real.waits) == pytest.approx(5.0)
+    real.stop_after = 0
+    assert not clock.sleep_until(clock.now() + timedelta(hours=1), real)
+
+
+def test_simclock_with_scale_one_at_its_anchor_is_real_time() -> None:
+    start = datetime.now(UTC)
+    clock = SimClock(start, 1.0, start)
+    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 0.5
+    assert abs((SystemClock(SH).now() - datetime.now(UTC)).total_seconds()) < 0.5
+    assert SystemClock().real_seconds(timedelta(minutes=1)) == 60
+
+
+def test_simclock_refuses_naive_times_and_bad_scales() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        SimClock(datetime(2026, 11, 20, 10, 0), 60)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(ValueError, match="scale"):
+        SimClock(FRIDAY, 0)
+
+
+# --- reason codes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [
+        ("AC01", Cause.ACCOUNT_INFO),
+        ("AC04", Cause.ACCOUNT_INFO),
+        ("AC06", Cause.ACCOUNT_INFO),
+        ("BE01", Cause.ACCOUNT_INFO),
+        ("RR04", Cause.MERCHANT_QUALIFICATION),
+        ("M102", Cause.MERCHANT_QUALIFICATION),
+        ("TM01", Cause.BANK_SYSTEM),
+        ("B201", Cause.BANK_SYSTEM),
+        ("O301", Cause.OPERATOR),
+        ("N401", Cause.NETWORK),
+        ("MS03", Cause.UNKNOWN),
+        (" ac04 ", Cause.ACCOUNT_INFO),
+        ("ZZ99", Cause.UNKNOWN),
+        (None, Cause.UNKNOWN),
+    ],
+)
+def test_reason_codes_map_to_causes(code: str | None, cause: Cause) -> None:
+    assert cause_for(code) is cause
+
+
+def test_reason_table_is_complete_and_fits_the_wire() -> None:
+    for cause in Cause:
+        assert codes_for(cause), f"no code for {cause}"
+    for code, reason in DEFAULT_REASON_CODES.items():
+        assert code == reason.code
+        assert 1 <= len(reason.text) <= 256
+        reason.text.encode("gbk")  # settlement files may be GBK
+    every_fault_code = (
+        fault_codes.ACCOUNT_FAIL_CODES
+        + fault_codes.ACCOUNT_RETURN_CODES
+        + fault_codes.BANK_FAIL_CODES
+        + fault_codes.OUTAGE_FAIL_CODES
+        + fault_codes.UNSPECIFIED_CODES
+    )
+    assert all(code in DEFAULT_REASON_CODES for code in every_fault_code)
+    b202, ac04 = lookup("B202"), lookup("ac04")
+    assert b202 is not None and b202.retryable
+    assert ac04 is not None and ac04.remedy is Remedy.FIX_ACCOUNT and not ac04.retryable
+    custom = {"X1": replace(DEFAULT_REASON_CODES["AC04"], code="X1")}
+    assert cause_for("X1", custom) is Cause.ACCOUNT_INFO
+    assert cause_for("AC04", custom) is Cause.UNKNOWN
+
+
+# --- settlement terms -----------------------------------------------------------------------
+
+
+def test_t1_over_a_weekend_is_credited_on_monday_before_the_cut_off() -> None:
+    run = Run().feed(sale(rrn(1), FRIDAY), batch_close(FRIDAY + timedelta(hours=9)))
+    run.until(datetime(2026, 11, 23, 5, 59, tzinfo=SH))
+    assert run.settlements == []
+    run.until(datetime(2026, 11, 24, 0, 0, tzinfo=SH))
+    [credit] = run.settlements
+    assert credit.status is SettlementStatus.CREDITED
+    assert credit.txn_date == date(2026, 11, 20)
+    settled = credit.settled_at.astimezone(SH)
+    assert settled.date() == MONDAY and clock_time(6, 0) <= settled.time() < clock_time(18, 0)
+    assert (credit.amount, credit.fee, credit.net_amount) == (12800, 77, 12723)
+    assert credit.settlement_id == f"STL-{TID}-{rrn(1)}-1"
+    assert credit.account_masked is not None and "*" in credit.account_masked
+    assert run.truth == []
+
+
+@pytest.mark.parametrize(
+    ("sold", "due"),
+    [
+        # Friday before the adjusted working Saturday 10 October 2026 (National Day 调休).
+        (date(2026, 10, 9), date(2026, 10, 10)),
+        # The day before the National Day holidays: paid when they are over.
+        (date(2026, 9, 30), date(2026, 10, 8)),
+        # Spring Festival 2026: Saturday 14 February is a working day.
+        (date(2026, 2, 13), date(2026, 2, 14)),
+        (date(2026, 2, 14), date(2026, 2, 24)),
+    ],
+)
+def test_t1_follows_chinese_holidays_and_adjusted_working_days(sold: date, due: date) -> None:
+    at = datetime.combine(sold, clock_time(11, 0), tzinfo=SH)
+    run = Run().feed(sale(rrn(1), at), batch_close(at + timedelta(hours=1)))
+    run.until(at + timedelta(days=12))
+    [credit] = run.settlements
+    assert credit.settled_at.astimezone(SH).date() == due
+
+
+def test_d0_is_credited_the_same_day_or_the_next_after_the_cut_off() -> None:
+    run = Run(config(terms=terms(mode=SettlementMode.D0)))
+    evening = FRIDAY.replace(hour=19)
+    run.feed(sale(rrn(1), FRIDAY), sale(rrn(2), evening))  # no BAT: D0 does not wait for one
+    run.until(FRIDAY + timedelta(days=3))
+    by_rrn = {s.rrn: s.settled_at.astimezone(SH) for s in run.settlements}
+    assert FRIDAY < by_rrn[rrn(1)] < FRIDAY.replace(hour=18)
+    assert evening < by_rrn[rrn(2)] < datetime(2026, 11, 21, 18, 0, tzinfo=SH)
+
+
+def test_t0_is_credited_within_its_window() -> None:
+    run = Run(config(merchants=(MerchantProfile.derive(MID, terms(mode="T0", t0_hours=1.5)),)))
+    for n in range(10):
+        run.feed(sale(rrn(n), FRIDAY + timedelta(minutes=7 * n)))
+    run.until(FRIDAY + timedelta(days=1))
+    assert len(run.settlements) == 10
+    for settlement in run.settlements:
+        sold = FRIDAY + timedelta(minutes=7 * int(settlement.rrn[-2:]))
+        assert sold < settlement.settled_at < sold + timedelta(hours=1.5)
+
+
+@pytest.mark.parametrize(
+    ("amount", "fee_bp", "fee_fixed", "fee"),
+    [
+        (12800, 60, 0, 77),  # 76.8 -> 77
+        (250, 60, 0, 2),  # 1.5 -> 2: half up
+        (83, 60, 0, 0),  # 0.498 -> 0
+        (125, 38, 0, 0),  # 0.475 -> 0
+        (10000, 55, 100, 155),
+        (0, 60, 0, 0),
+    ],
+)
+def test_fee_is_basis_points_rounded_half_up_to_whole_fen(
+    amount: int, fee_bp: int, fee_fixed: int, fee: int
+) -> None:
+    the_terms = terms(fee_bp=fee_bp, fee_fixed=fee_fixed, mode=SettlementMode.T0)
+    assert the_terms.fee(amount) == fee
+    run = Run(config(terms=the_terms)).feed(sale(rrn(1), FRIDAY, amount=amount))
+    [credit] = run.until(FRIDAY + timedelta(days=1)).settlements
+    assert (credit.fee, credit.net_amount) == (fee, amount - fee)
+
+
+# --- voids, offline sales, batches ----------------------------------------------------------
+
+
+def test_void_or_reversal_before_settlement_cancels_it() -> None:
+    run = Run(config(record_normal=True))
+    later = FRIDAY + timedelta(minutes=5)
+    run.feed(
+        sale(rrn(1), FRIDAY),
+        sale(rrn(2), FRIDAY),
+        sale(rrn(3), FRIDAY),
+        sale(rrn(11), later, kind=TxnKind.VOID, orig_rrn=rrn(1)),
+        # Only ORIG_STAN, as some terminals send a reversal.
+        sale(rrn(12), later, kind=TxnKind.REVERSAL, orig_stan=rrn(2)[-6:]),
+        # A void that failed at the host does not cancel anything.
+        sale(rrn(13), later, kind=TxnKind.VOID, orig_rrn=rrn(3), rc="96"),
+        batch_close(FRIDAY + timedelta(hours=8)),
+    )
+    run.until(FRIDAY + timedelta(days=4))
+    assert [s.rrn for s in run.settlements] == [rrn(3)]
+    assert {r.rrn for r in run.faults(FaultKind.CANCELLED)} == {rrn(1), rrn(2)}
+
+
+def test_a_void_that_arrives_before_its_sale_still_cancels_it() -> None:
+    run = Run(config(terms=terms(mode=SettlementMode.T0)))
+    run.feed(sale(rrn(11), FRIDAY, kind=TxnKind.VOID, orig_rrn=rrn(1)), sale(rrn(1), FRIDAY))
+    assert run.until(FRIDAY + timedelta(days=1)).settlements == []
+
+
+@pytest.mark.parametrize(
+    "offline",
+    [
+        [status(FRIDAY - timedelta(minutes=1), link_up=False)],
+        [status(FRIDAY - timedelta(minutes=1), link_up=True, saf=3)],
+        [],  # no status at all, but approved offline (Y3)
+    ],
+    ids=["link-down", "saf-pending", "offline-approval"],
+)
+def test_a_sale_taken_offline_gets_no_settlement(offline: list[StatusEvent]) -> None:
+    rc = "00" if offline else "Y3"
+    run = Run(config(rates=FaultRates(offline_lost=1.0)))
+    run.feed(*offline, sale(rrn(1), FRIDAY, rc=rc), batch_close(FRIDAY + timedelta(hours=1)))
+    run.feed(status(FRIDAY + timedelta(hours=2)), sale(rrn(2), FRIDAY + timedelta(hours=2)))
+    run.feed(batch_close(FRIDAY + timedelta(hours=3)))
+    run.until(FRIDAY + timedelta(days=4))
+    assert [s.rrn for s in run.settlements] == [rrn(2)]  # once back online, sales settle
+    [missing] = run.truth
+    assert (missing.kind, missing.cause, missing.scenario) == (
+        FaultKind.MISSING,
+        Cause.NETWORK,
+        Scenario.OFFLINE,
+    )
+    assert (missing.rrn, missing.reason_code, missing.settlement_ids) == (rrn(1), "N401", ())
+
+
+def test_offline_sales_settle_when_offline_lost_is_zero() -> None:
+    run = Run(config(rates=FaultRates(offline_lost=0.0)))
+    run.feed(status(FRIDAY, link_up=False), sale(rrn(1), FRIDAY, rc="Y3"), batch_close(FRIDAY))
+    assert len(run.until(FRIDAY + timedelta(days=4)).settlements) == 1
+
+
+def test_a_sale_in_a_batch_never_closed_gets_no_settlement() -> None:
+    run = Run().feed(
+        sale(rrn(1), FRIDAY, batch="000042"),
+        sale(rrn(2), FRIDAY, batch="000043"),
+        batch_close(FRIDAY + timedelta(hours=1), batch="000043"),
+        # A failed settlement run on the terminal leaves the batch open.
+        batch_close(FRIDAY + timedelta(hours=2), batch="000042", result=BatchResult.FAIL),
+    )
+    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH)
+    run.until(deadline - timedelta(seconds=1))
+    assert [s.rrn for s in run.settlements] == [rrn(2)]
+    assert run.truth == []
+    run.until(deadline + timedelta(days=3))
+    assert [s.rrn for s in run.settlements] == [rrn(2)]
+    [missing] = run.truth
+    assert (missing.kind, missing.cause, missing.scenario, missing.reason_code) == (
+        FaultKind.MISSING,
+        Cause.OPERATOR,
+        Scenario.UNCLOSED_BATCH,
+        "O301",
+    )
+    assert missing.injected_at == deadline
+
+
+def test_a_t1_credit_waits_for_a_batch_closed_late_but_before_the_deadline() -> None:
+    run = Run().feed(sale(rrn(1), FRIDAY))
+    closed = datetime(2026, 11, 23, 17, 0, tzinfo=SH)  # Monday, an hour before the deadline
+    run.until(closed - timedelta(minutes=1))
+    assert run.settlements == []
+    run.feed(batch_close(closed))
+    [credit] = run.until(closed + timedelta(days=1)).settlements
+    assert credit.settled_at >= closed and credit.status is SettlementStatus.CREDITED
+    assert run.truth == []
+
+
+def test_a_sale_heard_of_after_its_deadline_is_credited_at_once_and_recorded_late(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = Run(config(terms=terms(mode=SettlementMode.T0)))
+    arrival = FRIDAY + timedelta(hours=5)  # the terminal's clock is five hours behind
+    run.until(arrival)
+    run.core.receive(sale(rrn(1), FRIDAY), arrival)
+    [credit] = run.until(arrival).settlements
+    assert credit.settled_at == arrival
+    [late] = run.truth
+    assert (late.kind, late.cause, late.scenario) == (
+        FaultKind.LATE,
+        Cause.UNKNOWN,
+        Scenario.LATE_ARRIVAL,
+    )
+    assert "same clock" in caplog.text
+
+
+def test_with_the_received_time_basis_deadlines_count_from_arrival() -> None:
+    run = Run(config(terms=terms(mode=SettlementMode.T0), time_basis="received"))
+    arrival = FRIDAY + timedelta(hours=5)
+    run.until(arrival)
+    run.core.receive(sale(rrn(1), FRIDAY), arrival)
+    [credit] = run.until(arrival + timedelta(days=1)).settlements
+    assert arrival < credit.settled_at < arrival + timedelta(hours=2)
+    assert credit.txn_date == FRIDAY.date() and run.truth == []
+
+
+# --- injected faults ------------------------------------------------------------------------
+
+
+def _rates(name: str) -> FaultRates:
+    return replace(FaultRates.none(), **{name: 1.0})
+
+
+def _faulty_run(name: str, sales: int = 6) -> Run:
+    run = Run(config(rates=_rates(name)), seed=3)
+    for n in range(sales):
+        run.feed(sale(rrn(n), FRIDAY + timedelta(minutes=n), amount=10000 + 37 * n))
+    run.feed(batch_close(FRIDAY + timedelta(hours=8)))
+    return run.until(FRIDAY + timedelta(days=10))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "cause", "codes"),
+    [
+        ("account_failed", FaultKind.FAILED, Cause.ACCOUNT_INFO, fault_codes.ACCOUNT_FAIL_CODES),
+        ("risk_hold", FaultKind.FAILED, Cause.MERCHANT_QUALIFICATION, ("M103",)),
+        ("bank_failed", FaultKind.FAILED, Cause.BANK_SYSTEM, fault_codes.BANK_FAIL_CODES),
+        ("unspecified_failed", FaultKind.FAILED, Cause.UNKNOWN, ("MS03", "NARR")),
+    ],
+)
+def test_failed_settlements_carry_a_reason_code_of_their_cause(
+    name: str, kind: FaultKind, cause: Cause, codes: tuple[str, ...]
+) -> None:
+    run = _faulty_run(name)
+    assert len(run.settlements) == 6
+    for settlement in run.settlements:
+        assert settlement.status is SettlementStatus.FAILED
+        assert settlement.reason_code in codes
+        assert settlement.reason_text == DEFAULT_REASON_CODES[settlement.reason_code].text
+        assert cause_for(settlement.reason_code) is cause
+    assert len(run.truth) == 6
+    for record in run.truth:
+        assert (record.kind, record.cause, record.scenario) == (kind, cause, Scenario.RANDOM)
+        assert record.reason_code in codes and len(record.settlement_ids) == 1
+
+
+def test_returned_credits_come_back_later_with_an_account_code() -> None:
+    run = _faulty_run("account_returned")
+    for record in run.truth:
+        assert (record.kind, record.cause) == (FaultKind.RETURNED, Cause.ACCOUNT_INFO)
+        first, second = (s for s in run.settlements if s.settlement_id in record.settlement_ids)
+        assert first.status is SettlementStatus.CREDITED and first.reason_code is None
+        assert second.status is SettlementStatus.RETURNED
+        assert second.reason_code == record.reason_code
+        assert second.reason_code in fault_codes.ACCOUNT_RETURN_CODES
+        assert second.settled_at > first.settled_at
+    assert len(run.truth) == 6 and len(run.settlements) == 12
+
+
+def test_late_credits_arrive_after_the_deadline() -> None:
+    run = _faulty_run("late")
+    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH)
+    assert all(s.settled_at > deadline for s in run.settlements)
+    assert all(s.status is SettlementStatus.CREDITED for s in run.settlements)
+    assert {(r.kind, r.cause, r.deadline) for r in run.truth} == {
+        (FaultKind.LATE, Cause.BANK_SYSTEM, deadline)
+    }
+
+
+def test_duplicate_credits_have_two_settlement_ids() -> None:
+    run = _faulty_run("duplicate")
+    assert len(run.settlements) == 12
+    assert len({s.settlement_id for s in run.settlements}) == 12
+    for record in run.truth:
+        assert record.kind is FaultKind.DUPLICATE and len(record.settlement_ids) == 2
+        pair = [s for s in run.settlements if s.rrn == record.rrn]
+        assert [s.status for s in pair] == [SettlementStatus.CREDITED] * 2
+
+
+def test_mismatched_amounts_credit_another_net() -> None:
+    run = _faulty_run("mismatch")
+    for record in run.truth:
+        assert (record.kind, record.cause, record.reason_code) == (
+            FaultKind.MISMATCH,
+            Cause.OPERATOR,
+            "O302",
+        )
+        [credit] = [s for s in run.settlements if s.rrn == record.rrn]
+        assert credit.net_amount == record.credited_net != record.expected_net
+        assert credit.amount != record.amount
+        assert credit.net_amount == credit.amount - credit.fee
+
+
+def test_orphans_are_settlements_for_transactions_that_never_existed() -> None:
+    run = _faulty_run("orphan", sales=4)
+    sold = {rrn(n) for n in range(4)}
+    orphans = [s for s in run.settlements if s.rrn not in sold]
+    assert len(orphans) == 4 and len(run.settlements) == 8
+    assert {r.kind for r in run.truth} == {FaultKind.ORPHAN}
+    assert {r.cause for r in run.truth} == {Cause.UNKNOWN}
+    assert {s.settlement_id for s in orphans} == {r.settlement_ids[0] for r in run.truth}
+
+
+def test_a_frozen_merchant_fails_every_settlement_with_a_merchant_code() -> None:
+    scenarios = Scenarios(frozen=(FrozenMerchant(MID2, "M101"),))
+    run = Run(config(scenarios=scenarios, terms=terms(mode=SettlementMode.T0)))
+    for n in range(4):
+        run.feed(sale(rrn(n), FRIDAY, mid=MID2 if n % 2 else MID))
+    run.until(FRIDAY + timedelta(days=1))
+    by_mid = {mid: [s for s in run.settlements if s.mid == mid] for mid in (MID, MID2)}
+    assert {s.status for s in by_mid[MID]} == {SettlementStatus.CREDITED}
+    assert {(s.status, s.reason_code) for s in by_mid[MID2]} == {(SettlementStatus.FAILED, "M101")}
+    kinds = [(r.kind, r.cause, r.mid) for r in run.truth]
+    assert kinds.count((FaultKind.MERCHANT_FROZEN, Cause.MERCHANT_QUALIFICATION, MID2)) == 1
+    assert kinds.count((FaultKind.FAILED, Cause.MERCHANT_QUALIFICATION, MID2)) == 2
+    with pytest.raises(ValueError, match="merchant qualification"):
+        FrozenMerchant(MID, "AC04")
+
+
+@pytest.mark.parametrize("delay_share", [0.0, 0.5, 1.0])
+def test_a_bank_outage_fails_or_delays_that_banks_settlements_in_its_window(
+    delay_share: float,
+) -> None:
+    start = datetime(2026, 11, 23, 6, 0, tzinfo=SH)
+    outage = BankOutage("0105", start, start + timedelta(hours=12), delay_share)
+    merchants = (
+        merchant(MID, SettlementMode.T1, "0105"),
+        merchant(MID2, SettlementMode.T1, "0102"),
+    )
+    run = Run(config(merchants=merchants, scenarios=Scenarios(outages=(outage,))), seed=5)
+    for n in range(24):
+        run.feed(sale(rrn(n), FRIDAY + timedelta(minutes=n), mid=MID2 if n % 4 == 0 else MID))
+    run.feed(batch_close(FRIDAY + timedelta(hours=8)))
+    run.until(FRIDAY + timedelta(days=6))
+    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH)
+    other_bank = [s for s in run.settlements if s.bank_code == "0102"]
+    assert len(other_bank) == 6
+    assert all(
+        s.status is SettlementStatus.CREDITED and s.settled_at < deadline for s in other_bank
+    )
+    hit = [s for s in run.settlements if s.bank_code == "0105"]
+    failed = [s for s in hit if s.status is SettlementStatus.FAILED]
+    delayed = [s for s in hit if s.status is SettlementStatus.CREDITED]
+    assert len(failed) + len(delayed) == 18
+    assert all(s.reason_code in fault_codes.OUTAGE_FAIL_CODES for s in failed)
+    assert all(s.settled_at > deadline for s in delayed)
+    if delay_share == 0.0:
+        assert not delayed
+    elif delay_share == 1.0:
+        assert not failed
+    else:
+        assert failed and delayed
+    [window] = run.faults(FaultKind.BANK_OUTAGE)
+    assert (window.bank_code, window.window_start, window.cause) == (
+        "0105",
+        start,
+        Cause.BANK_SYSTEM,
+    )
+    spoiled = run.faults(FaultKind.FAILED, FaultKind.LATE)
+    assert len(spoiled) == 18
+    assert {(r.cause, r.scenario) for r in spoiled} == {(Cause.BANK_SYSTEM, Scenario.BANK_OUTAGE)}
+
+
+def test_every_cause_shows_up_in_the_ground_truth() -> None:
+    scenarios = Scenarios(frozen=(FrozenMerchant(MID2),))
+    run = Run(config(rates=FaultRates.demo(), scenarios=scenarios), seed=11)
+    run.feed(status(FRIDAY, link_up=False), sale(rrn(999), FRIDAY, rc="Y3"), status(FRIDAY))
+    for n in range(400):
+        run.feed(sale(rrn(n), FRIDAY + timedelta(seconds=n), mid=MID2 if n == 7 else MID))
+    run.feed(sale(rrn(998), FRIDAY + timedelta(hours=1), batch="000099"))  # never closed
+    run.feed(batch_close(FRIDAY + timedelta(hours=8)))
+    run.until(FRIDAY + timedelta(days=10))
+    assert {r.cause for r in run.truth} == set(Cause)
+    assert {r.kind for r in run.truth} >= set(FaultKind) - {
+        FaultKind.NORMAL,
+        FaultKind.CANCELLED,
+        FaultKind.BANK_OUTAGE,
+    }
+
+
+def test_the_same_seed_gives_the_same_settlements_and_faults() -> None:
+    def once(seed: int) -> tuple[list[bytes], list[str]]:
+        outage = BankOutage("0102", FRIDAY, FRIDAY + timedelta(days=4))
+        the_config = config(
+            rates=FaultRates.demo(),
+            scenarios=Scenarios(outages=(outage,)),
+            bank_basis="issuer",
+            terms=terms(mode=SettlementMode.D0),
+        )
+        run = Run(the_config, seed=seed)
+        for n in range(150):
+            run.feed(sale(rrn(n), FRIDAY + timedelta(minutes=n), issuer=("0102", "0105")[n % 2]))
+        run.until(FRIDAY + timedelta(days=6))
+        return [s.to_json() for s in run.settlements], [r.to_json_line() for r in run.truth]
+
+    first = once(42)
+    assert first == once(42)
+    assert first != once(43)
+    assert any('"BANK_OUTAGE"' in line for line in first[1])
+
+
+def test_fault_knobs_are_checked() -> None:
+    with pytest.raises(ValueError, match="add up"):
+        FaultRates(account_failed=0.6, late=0.6)
+    with pytest.raises(ValueError, match="probability"):
+        FaultRates(orphan=1.5)
+    outage = parse_outage("0102@+26h/+30h", FRIDAY, 0.25)
+    assert (outage.start, outage.end) == (
+        FRIDAY + timedelta(hours=26),
+        FRIDAY + timedelta(hours=30),
+    )
+    assert parse_moment("2026-11-21T09:00+08:00", FRIDAY) == FRIDAY + timedelta(hours=23)
+    with pytest.raises(ValueError, match="offset"):
+        parse_moment("2026-11-21T09:00", FRIDAY)
+    with pytest.raises(ValueError, match="end after"):
+        parse_outage("0102@+2h/+1h", FRIDAY)
+    assert parse_frozen(f"{MID}:m101") == FrozenMerchant(MID, "M101")
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "gbk"])
+def test_settlement_files_per_day_read_back_as_settlement_messages(
+    tmp_path: Path, encoding: str
+) -> None:
+    run = _faulty_run("account_failed", sales=3)
+    run.settlements += _faulty_run("late", sales=2).settlements
+    files = SettlementFiles(tmp_path, SH, encoding)
+    files.write(run.settlements)
+    assert [p.name for p in files.paths] == ["settlements-20261123.csv", "settlements-20261124.csv"]
+    header = files.paths[0].read_bytes().decode(encoding).splitlines()[0]
+    assert header.split(",") == csv_columns()
+    assert "schema" not in csv_columns() and "net_amount" in csv_columns()
+    back = [s for path in files.paths for s in read_settlement_csv(path, encoding)]
+    assert sorted(back, key=lambda s: s.settlement_id) == sorted(
+        run.settlements, key=lambda s: s.settlement_id
+    )
+    if encoding == "gbk":
+        assert "账" in files.paths[0].read_bytes().decode("gbk")
+
+
+def test_ground_truth_is_json_lines(tmp_path: Path) -> None:
+    run = _faulty_run("mismatch", sales=2)
+    path = tmp_path / "truth.jsonl"
+    with TruthLog(path) as log:
+        log.write(run.truth)
+    lines = read_truth(path)
+    assert [line["kind"] for line in lines] == ["MISMATCH", "MISMATCH"]
+    assert lines[0]["cause"] == "OPERATOR" and lines[0]["rrn"] == rrn(0)
+    assert datetime.fromisoformat(lines[0]["injected_at"]).utcoffset() is not None
+    assert isinstance(lines[0]["expected_net"], int)
+
+
+# --- over MQTT ------------------------------------------------------------------------------
+
+
+def test_the_simulator_settles_sales_published_on_the_broker(
+    broker: Broker, prefix: str, listener_factory: Callable[[Broker, str], Listener], tmp_path: Path
+) -> None:
+    listener = listener_factory(broker, prefix)
+    # Two virtual days per real second: the T1 deadline (Monday 18:00) is ~1.7 s away.
+    clock = SimClock(FRIDAY, 2 * 86400)
+    scenarios = Scenarios(frozen=(FrozenMerchant(MID2),))
+    core = AcquirerCore(config(scenarios=scenarios), seed=1)
+    csv_dir, truth_path = tmp_path / "csv", tmp_path / "truth.jsonl"
+    truth = TruthLog(truth_path)
+    runner = AcquirerRunner(
+        core,
+        MqttClient(broker.settings(prefix), f"acquirer-{uuid.uuid4().hex[:8]}"),
+        clock,
+        csv_files=SettlementFiles(csv_dir, SH),
+        truth=truth,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(lambda: runner.client.connected, 10, "the simulator to connect")
+    time.sleep(0.2)  # let the SUBACK arrive
+
+    now = clock.now()
+    events = [
+        status(now),
+        sale(rrn(1), now),
+        sale(rrn(2), now, mid=MID2),
+        sale(rrn(3), now),
+        sale(rrn(4), now, kind=TxnKind.VOID, orig_rrn=rrn(3)),
+        batch_close(now),
+    ]
+    for event in events:
+        kind = {"posmon.txn/1": "txn", "posmon.status/1": "status", "posmon.batch/1": "batch"}
+        topic = f"{prefix}/terminals/{TID}/{kind[event.SCHEMA]}"
+        listener.client.publish(topic, event.to_json())
+    wait_until(lambda: len(listener.on("/settlements")) >= 2, 10, "two settlements")
+    time.sleep(0.3)  # nothing more should come: the voided sale is never settled
+    stop.set()
+    thread.join(timeout=10)
+    truth.close()
+
+    received = [SettlementEvent.from_json(m.payload) for m in listener.on("/settlements")]
+    assert {(s.rrn, s.status) for s in received} == {
+        (rrn(1), SettlementStatus.CREDITED),
+        (rrn(2), SettlementStatus.FAILED),
+    }
+    assert all(s.settled_at.astimezone(SH).date() == MONDAY for s in received)
+    [path] = sorted(csv_dir.glob("*.csv"))
+    assert sorted(read_settlement_csv(path), key=lambda s: s.rrn) == sorted(
+        received, key=lambda s: s.rrn
+    )
+    kinds = [(line["kind"], line.get("rrn")) for line in read_truth(truth_path)]
+    assert ("FAILED", rrn(2)) in kinds and ("MERCHANT_FROZEN", None) in kinds
+
+
+def test_the_cli_runs_for_a_while_and_prints_a_summary(
+    broker: Broker, prefix: str, tmp_path: Path
+) -> None:
+    truth = tmp_path / "truth.jsonl"
+    result = CliRunner().invoke(
+        app,
+        [
+            "acquirer",
+            "--broker-port",
+            str(broker.port),
+            "--prefix",
+            prefix,
+            "--client-id",
+            f"acq-{uuid.uuid4().hex[:8]}",
+            "--duration",
+            "0.5",
+            "--seed",
+            "3",
+            "--origin",
+            FRIDAY.isoformat(),
+            "--ground-truth",
+            str(truth),
+            "--csv-dir",
+            str(tmp_path / "csv"),
+            "--encoding",
+            "gbk",
+            "--faults",
+            "demo",
+            "--frozen",
+            f"{MID2}:M104",
+            "--bank-outage",
+            "0102@+0h/+3h",
+            "--merchant",
+            f"{MID}:D0:38:0105",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "seed 3" in result.output
+    assert "virtual time from 2026-11-20T10:00:00+08:00 x3600" in result.output
+    assert "virtual_end=2026-11-20T10:" in result.output  # half a second: half an hour
+    assert "unacknowledged=0" in result.output
+    lines = read_truth(truth)
+    assert {line["kind"] for line in lines} == {"BANK_OUTAGE", "MERCHANT_FROZEN"}
+    bad = CliRunner().invoke(app, ["acquirer", "--merchant", "nonsense"])
+    assert bad.exit_code != 0
