@@ -55,7 +55,13 @@ class Publisher:
     def run(self, stop: threading.Event, drain_s: float = 2.0) -> None:
         """Publish until `stop` is set, then give in-flight events `drain_s` to be acked."""
         while not stop.is_set():
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception:
+                # One bad turn must not end publishing: the outbox keeps everything.
+                logger.exception("publisher: unexpected error; carrying on")
+                busy = False
+            if not busy:
                 stop.wait(LOOP_TIMEOUT_S)
         deadline = time.monotonic() + drain_s
         while self._handed and self.client.connected and time.monotonic() < deadline:

@@ -257,7 +257,12 @@ class MqttClient:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> int:
         """Queue a message; returns its mid, reported through `on_published` on PUBACK."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if info.rc is MQTTErrorCode.MQTT_ERR_CONN_LOST:
+            # The message stays queued in the session and is re-sent after the reconnect.
+            self._open = False
+            if self.connected:
+                self._lost(paho.error_string(info.rc))
+        elif info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic}: {paho.error_string(info.rc)}")
         return info.mid
 
