@@ -1,8 +1,10 @@
-"""Shared fixtures: real mosquitto brokers on free ports, MQTT listeners, unique prefixes."""
+"""Shared fixtures: real mosquitto brokers on free ports, MQTT listeners, unique prefixes,
+and a fresh database per test (SQLite file or PostgreSQL database)."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -11,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +23,25 @@ from posmon.mqtt import Message, MqttClient, MqttSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_CONF = ROOT / "deploy" / "mosquitto" / "posmon.conf"
+POSTGRES_ADMIN_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range.
+
+    Ports the kernel hands out (port 0, and every outgoing connection) could be taken by
+    another client while a test restarts its broker on the same port; ports below the
+    ephemeral range are only ever taken on purpose.
+    """
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def wait_until(predicate: object, timeout: float, message: str = "condition") -> None:
@@ -67,22 +83,23 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
+        """Start (or restart on the same port), waiting until it accepts connections."""
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([binary, "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.05)
-        log = (
-            (self.workdir / "mosquitto.log").read_text()
-            if (self.workdir / "mosquitto.log").exists()
-            else ""
-        )
+        log_path = self.workdir / "mosquitto.log"
+        for _attempt in range(3):
+            self.process = subprocess.Popen([binary, "-c", str(self.conf)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return
+                except OSError:
+                    time.sleep(0.05)
+            log = log_path.read_text() if log_path.exists() else ""
+            if "Address already in use" not in log.rstrip().rsplit("\n", 1)[-1]:
+                break
+            time.sleep(1)  # the old socket is still being torn down: try again
+        self.stop()
         raise RuntimeError(f"mosquitto did not start on {self.port}:\n{log}")
 
     def stop(self) -> None:
@@ -272,3 +289,59 @@ def agent_factory(tmp_path: Path) -> Iterator[object]:
     for agent in made:
         if agent.process is not None:
             agent.kill()
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards; yields its URL.
+
+    Made through the admin URL in POSMON_TEST_POSTGRES (the README's test command sets it
+    and starts PostgreSQL). PostgreSQL missing is a failure, not a skip: the collector's
+    multi-collector guarantees are only tested there.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    admin_url = make_url(os.environ.get("POSMON_TEST_POSTGRES", POSTGRES_ADMIN_DEFAULT))
+    name = f"posmon_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except OperationalError as exc:
+            pytest.fail(
+                f"PostgreSQL is needed by this test and is not reachable at "
+                f"{admin_url.render_as_string(hide_password=True)} "
+                f"(set POSMON_TEST_POSTGRES, or run ./scripts/test, which starts it): "
+                f"{exc.orig}",
+                pytrace=False,
+            )
+        try:
+            yield admin_url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for one test: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/posmon.db"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, for tests of several collectors sharing one."""
+    with fresh_postgres_database() as url:
+        yield url
