@@ -88,6 +88,9 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # A queue read from its head needs little cache; the default 2 MB is a twentieth
+        # of the agent's memory budget.
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
         (self._size,) = self._db.execute("SELECT count(*) FROM events").fetchone()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -76,36 +77,49 @@ def schema_export(
         typer.echo(f"wrote {path}")
 
 
-def _register_roles() -> None:
+def _register_roles(words: list[str]) -> None:
     # Each role's commands live with the role; a role whose extras are not installed
-    # (an agent-only box has no collector) simply contributes no commands.
+    # (an agent-only box has no collector) simply contributes no commands. Only the role
+    # being run is imported: `posmon agent run` must not carry the collector's libraries
+    # in its memory.
     import importlib  # noqa: PLC0415
 
+    first = words[0] if words else None
+    known = {name for _, _, name in ROLE_COMMANDS} | {"schema"}
+    only = first if first in known else None  # else: help or a typo, so list them all
     for module_name, attribute, name in ROLE_COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in (
-                "agent",
-                "collector",
-                "simulators",
-                "dashboards",
-                "posmon",
-            ):
+            if exc.name and exc.name.split(".")[0] in ROLE_PACKAGES:
                 raise
             continue
         app.add_typer(getattr(module, attribute), name=name)
 
 
+ROLE_PACKAGES = ("agent", "collector", "simulators", "dashboards", "posmon")
 # (module, Typer attribute, command name) for every role that has commands.
 ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("agent.cli", "app", "agent"),
     ("collector.cli", "app", "collector"),
+    ("collector.cli", "settlement_app", "settlement"),
     ("simulators.cli", "app", "simulate"),
 ]
 
 
 def main() -> None:
     """Entry point of the `posmon` console script."""
-    _register_roles()
+    _register_roles(_command_words(sys.argv[1:]))
     app()
+
+
+def _command_words(argv: list[str]) -> list[str]:
+    """The arguments after the global options (whose values are not command names)."""
+    words = list(argv)
+    while words and words[0].startswith("-"):
+        option = words.pop(0)
+        if option in ("--log-level",) and words:
+            words.pop(0)
+    return words

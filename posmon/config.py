@@ -1,9 +1,14 @@
 """Configuration files: one TOML file per role, environment overrides, errors that name the key.
 
-A role's settings are a pydantic-settings model whose sections are plain models with
-`extra="forbid"`. `load()` reads the TOML file, lets `POSMON_<SECTION>__<KEY>` environment
-variables override it, and turns every problem into a `ConfigError` that names the file
-(or the variable) and the key.
+A role's settings are a pydantic model whose sections are models with `extra="forbid"`.
+`load()` reads the TOML file, lets `POSMON_<SECTION>__<KEY>` environment variables
+override it, and turns every problem into a `ConfigError` that names the file (or the
+variable) and the key.
+
+The environment overlay is done here rather than by pydantic-settings: importing
+pydantic-settings costs the agent about 6 MB of resident memory (it brings asyncio,
+argparse, dotenv and its cloud secret sources), and the agent's budget on a small box is
+40 MB. What posmon needs of it is twenty lines.
 """
 
 from __future__ import annotations
@@ -11,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "POSMON_"
 ENV_DELIMITER = "__"
@@ -35,27 +40,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class RoleSettings(BaseSettings):
+class RoleSettings(BaseModel):
     """Base of a role's whole configuration: file values, then environment overrides."""
 
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_DELIMITER,
-        validate_default=True,
-    )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init values; the environment must win over it.
-        return env_settings, init_settings
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 Settings = TypeVar("Settings", bound=RoleSettings)
@@ -76,10 +64,44 @@ def load(model: type[Settings], path: Path | None) -> Settings:
             raise ConfigError(f"{path}: not valid TOML: {exc}", path) from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}", path) from exc
+    _apply_environment(model, data, os.environ)
     try:
-        return model(**data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where), path) from exc
+
+
+def _apply_environment(
+    model: type[BaseModel], data: dict[str, Any], environ: Mapping[str, str]
+) -> None:
+    """Overlay `POSMON_<SECTION>__<KEY>[__<KEY>...]` variables on the file's values.
+
+    Only variables whose first part names a section of `model` count (POSMON_LOG_LEVEL
+    and the like belong to the command line). A value that looks like JSON (a list or an
+    object) is parsed as JSON; anything else stays text for the model to convert.
+    """
+    for variable, value in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX) or ENV_DELIMITER not in variable:
+            continue
+        path = variable.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
+        if path[0] not in model.model_fields or not all(path):
+            continue
+        target = data
+        for part in path[:-1]:
+            existing = target.get(part)
+            if not isinstance(existing, dict):
+                existing = target[part] = {}
+            target = existing
+        target[path[-1]] = _env_value(value)
+
+
+def _env_value(value: str) -> Any:
+    if value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _describe(exc: ValidationError, where: str) -> str:
