@@ -61,14 +61,18 @@ class IngestSection(Section):
 
 
 class MerchantRule(Section):
-    """Settlement terms of one merchant (or the default for all)."""
+    """Settlement terms of one merchant; a key left out takes the [settlement] default."""
 
     mid: str = Field(pattern=r"^[0-9A-Za-z]{15}$", description="Merchant id.")
-    mode: SettlementMode = Field(SettlementMode.T1, description="T1, D0 or T0.")
-    cutoff: time = Field(time(18, 0), description="Local time the money is due by.")
-    t0_hours: float = Field(2.0, gt=0, le=48, description="T0: hours after the transaction.")
-    fee_bp: int = Field(0, ge=0, le=10_000, description="Fee in basis points of the amount.")
-    fee_fixed: int = Field(0, ge=0, description="Fixed fee per transaction, minor units.")
+    mode: SettlementMode | None = Field(None, description="T1, D0 or T0.")
+    cutoff: time | None = Field(None, description="Local time the money is due by.")
+    t0_hours: float | None = Field(
+        None, gt=0, le=48, description="T0: hours after the transaction."
+    )
+    fee_bp: int | None = Field(
+        None, ge=0, le=10_000, description="Fee in basis points of the amount."
+    )
+    fee_fixed: int | None = Field(None, ge=0, description="Fixed fee per transaction, minor units.")
 
 
 class SettlementSection(Section):

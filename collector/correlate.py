@@ -16,6 +16,7 @@ results, voids and the clock move it on:
 | PENDING, OVERDUE          | approved VOID or REVERSAL              | CANCELLED             |
 | SETTLED, MISMATCH         | approved VOID or REVERSAL              | REVERSED_BUT_SETTLED  |
 | CANCELLED                 | CREDITED                               | REVERSED_BUT_SETTLED  |
+| CANCELLED                 | FAILED or RETURNED                     | CANCELLED (unchanged) |
 
 A settlement that matches no transaction is an ORPHAN until one arrives.
 """
@@ -85,9 +86,16 @@ def judge(
         return Verdict(None, Outcome.UNEXPECTED, note="no money was owed for this transaction")
     if status is SettlementStatus.CREDITED:
         return _credited(state, settlement_id, net_amount)
+    return _not_credited(state, status)
+
+
+def _not_credited(state: TxnState, status: SettlementStatus) -> Verdict:
+    """A FAILED or RETURNED result."""
+    if state.outcome is Outcome.CANCELLED:
+        # Voided or reversed before any credit: no money was owed, so none failed.
+        return Verdict(None, Outcome(status.value), note="the transaction was cancelled")
     if status is SettlementStatus.RETURNED:
         return Verdict(Outcome.RETURNED, Outcome.RETURNED, note="the credit came back")
-    # FAILED
     if state.outcome in CREDITED_OUTCOMES:
         return Verdict(None, Outcome.FAILED, note="a failure after the money was credited")
     return Verdict(Outcome.FAILED, Outcome.FAILED)

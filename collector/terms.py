@@ -65,7 +65,7 @@ class SettlementTerms:
         self.default = Terms(
             section.mode, section.cutoff, section.t0_hours, section.fee_bp, section.fee_fixed
         )
-        self._by_mid = {rule.mid: _terms(rule) for rule in config.merchants}
+        self._by_mid = {rule.mid: _terms(rule, self.default) for rule in config.merchants}
 
     def for_merchant(self, mid: str) -> Terms:
         return self._by_mid.get(mid, self.default)
@@ -92,5 +92,12 @@ class SettlementTerms:
         return datetime.combine(day, terms.cutoff, tzinfo=self.tz)
 
 
-def _terms(rule: MerchantRule) -> Terms:
-    return Terms(rule.mode, rule.cutoff, rule.t0_hours, rule.fee_bp, rule.fee_fixed)
+def _terms(rule: MerchantRule, default: Terms) -> Terms:
+    """A merchant's terms: what its rule names, the default for the rest."""
+    return Terms(
+        default.mode if rule.mode is None else rule.mode,
+        default.cutoff if rule.cutoff is None else rule.cutoff,
+        default.t0_hours if rule.t0_hours is None else rule.t0_hours,
+        default.fee_bp if rule.fee_bp is None else rule.fee_bp,
+        default.fee_fixed if rule.fee_fixed is None else rule.fee_fixed,
+    )

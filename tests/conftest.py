@@ -310,15 +310,17 @@ def fresh_postgres_database() -> Iterator[str]:
     name = f"posmon_test_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
+        problem = None
         try:
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
         except OperationalError as exc:
+            problem = str(exc.orig).strip()
+        if problem is not None:
             pytest.fail(
                 f"PostgreSQL is needed by this test and is not reachable at "
                 f"{admin_url.render_as_string(hide_password=True)} "
-                f"(set POSMON_TEST_POSTGRES, or run ./scripts/test, which starts it): "
-                f"{exc.orig}",
+                f"(set POSMON_TEST_POSTGRES, or run ./scripts/test, which starts it): {problem}",
                 pytrace=False,
             )
         try:

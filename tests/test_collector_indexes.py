@@ -63,8 +63,9 @@ def captured_statements(store: Store) -> list[tuple[str, Any]]:
 
 
 def test_sqlite_plans_use_indexes_only(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/posmon.db", SettlementTerms(CollectorConfig()),
-                  clock=lambda: NOW)
+    store = Store(
+        f"sqlite:///{tmp_path}/posmon.db", SettlementTerms(CollectorConfig()), clock=lambda: NOW
+    )
     store.migrate()
     statements = captured_statements(store)
     assert len(statements) >= 10
