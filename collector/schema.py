@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -94,10 +95,25 @@ transactions = Table(
     Column("outcome_at", UtcDateTime()),
     Column("settlement_id", String(64)),
     UniqueConstraint("tid", "rrn", "kind", name="uq_transactions_business_key"),
-    Index("ix_transactions_tid_rrn", "tid", "rrn"),
+    # (tid, rrn) lookups use the business key's unique index.
     Index("ix_transactions_fallback", "tid", "batch", "stan", "txn_date"),
     Index("ix_transactions_open", "outcome", "deadline"),
-    Index("ix_transactions_original", "tid", "orig_rrn"),
+    # Voids and reversals only: partial, so a sale's insert does not pay for them.
+    Index(
+        "ix_transactions_original",
+        "tid",
+        "orig_rrn",
+        sqlite_where=text("orig_rrn IS NOT NULL"),
+        postgresql_where=text("orig_rrn IS NOT NULL"),
+    ),
+    Index(
+        "ix_transactions_original_stan",
+        "tid",
+        "batch",
+        "orig_stan",
+        sqlite_where=text("orig_stan IS NOT NULL"),
+        postgresql_where=text("orig_stan IS NOT NULL"),
+    ),
 )
 
 settlements = Table(
