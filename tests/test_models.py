@@ -237,6 +237,9 @@ def test_parse_message_insists_on_the_expected_schema() -> None:
         ("amount", -1),
         ("terminal_time", "2026-11-25T10:30:15"),
         ("observed_at", "2026-11-25 10:30:16"),
+        ("terminal_time", 1795648676),  # epoch seconds are not ISO 8601
+        ("terminal_time", "1795648676"),
+        ("amount", 2**63),  # beyond a 64-bit column
         ("tid", "1000001"),
         ("mid", "89810001234000"),
         ("rrn", "40251100001"),

@@ -8,7 +8,8 @@ card number can only appear masked. Each model reads and writes JSON bytes.
 from __future__ import annotations
 
 import functools
-from datetime import date
+import re
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 from uuid import UUID
@@ -17,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -37,16 +39,35 @@ Rrn = Annotated[
     str, Field(pattern=r"^[0-9A-Za-z]{12}$", description="Retrieval reference number, 12.")
 ]
 SixDigits = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+_ISO_DATE_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")
+
+
+def _iso_only(value: object) -> object:
+    # Pydantic would read 1795648676 or "1795648676" as epoch seconds; the contract says
+    # ISO 8601 text (or, in code, a datetime).
+    if isinstance(value, str) and _ISO_DATE_TIME.match(value):
+        return value
+    if isinstance(value, datetime):
+        return value
+    raise ValueError("not an ISO 8601 date and time")
+
+
 # ISO 8601 text with an offset on the wire (no epoch numbers), aware datetimes in code.
-Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
 Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alpha-3 currency, e.g. CNY.")
 ]
+# Money fits a 64-bit integer column: larger values are refused at the door.
+_MONEY_MAX = 2**63 - 1
 MinorUnits = Annotated[
-    StrictInt, Field(ge=0, description="Money in minor units (fen for CNY); never a float.")
+    StrictInt,
+    Field(ge=0, le=_MONEY_MAX, description="Money in minor units (fen for CNY); never a float."),
 ]
-SignedMinorUnits = Annotated[StrictInt, Field(description="Money in minor units, may be < 0.")]
-Count = Annotated[StrictInt, Field(ge=0)]
+SignedMinorUnits = Annotated[
+    StrictInt,
+    Field(ge=-_MONEY_MAX, le=_MONEY_MAX, description="Money in minor units, may be < 0."),
+]
+Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 # Used inside MQTT topics, so no '/', '+' or '#'.
 AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 ShortText = Annotated[str, Field(min_length=1, max_length=256)]
