@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from collector.config import CollectorConfig
-from posmon.config import ConfigError, load
+from posmon.config import ConfigError, example_toml, load
 
 app = typer.Typer(help="The collector: ingest, correlation, overdue watch.", no_args_is_help=True)
 
@@ -92,6 +92,23 @@ def status(config: ConfigOption = None) -> None:
         counts.add_row(name, str(value))
     console.print(counts)
     store.close()
+
+
+EXAMPLE: dict[str, dict[str, Any]] = {
+    "collector": {"id": "collector-1"},
+    "database": {"url": "sqlite:////var/lib/posmon-collector/posmon.db"},
+    "merchants": {"mid": "898100012340001", "mode": "D0", "fee_bp": 60},
+}
+
+
+@app.command("config-example")
+def config_example() -> None:
+    """Print a commented configuration file to start from."""
+    header = (
+        "# posmon collector configuration. Every key can be overridden from the environment:\n"
+        "# POSMON_<SECTION>__<KEY>, e.g. POSMON_DATABASE__URL=postgresql+psycopg://...\n"
+    )
+    typer.echo(header + example_toml(CollectorConfig, EXAMPLE), nl=False)
 
 
 settlement_app = typer.Typer(
