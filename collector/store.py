@@ -809,7 +809,7 @@ class Store:
                 parameters = tuple(list(column) for column in zip(*flat, strict=True))
             else:
                 sql = self._insert_sql(table, tuple(names), len(part), returning)
-                parameters = tuple(value for values in flat for value in values)
+                parameters = tuple(itertools.chain.from_iterable(flat))
             result = conn.exec_driver_sql(sql, parameters)
             if returning is not None:
                 returned.extend(row[0] for row in result)

@@ -24,6 +24,7 @@ MAX_PAN_DIGITS = 19
 # The whole run, whatever its length: a shorter match could end inside a grouped PAN
 # ("0017 4111 1111 1111 1111") and hide it from `_mask_run`.
 _CANDIDATE = re.compile(r"(?<![0-9])[0-9]+(?:[ -][0-9]+)*(?![0-9])")
+_DIGIT = re.compile(r"[0-9]")
 _SEPARATOR = re.compile(r"([ -])")
 _MASKED_FORM = re.compile(r"^[0-9*]+$")
 # Characters terminals and acquirers use for masked digits; normalised to MASK_CHAR.
@@ -77,11 +78,8 @@ def visible_digits_ok(value: str) -> bool:
     last 4 digits: a head of 6 plus a tail of 4 would reveal nearly all of them.
     """
     head = VISIBLE_HEAD if len(value) >= MIN_PAN_DIGITS else 0
-    tail_start = len(value) - VISIBLE_TAIL
-    return all(
-        not char.isdigit() or index < head or index >= tail_start
-        for index, char in enumerate(value)
-    )
+    tail_start = max(head, len(value) - VISIBLE_TAIL)
+    return _DIGIT.search(value, head, tail_start) is None
 
 
 def _looks_like_timestamp(digits: str) -> bool:
