@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from posmon.config import Section
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "posmon/v1"
+DRAIN_PACKETS = 500
 
 
 class MqttError(ConnectionError):
@@ -239,11 +241,29 @@ class MqttClient:
             return False  # paho would log an error for every call without a socket
         code = self._client.loop(timeout)
         if code is MQTTErrorCode.MQTT_ERR_SUCCESS:
+            code = self._drain()
+        if code is MQTTErrorCode.MQTT_ERR_SUCCESS:
             return True
         self._open = False
         if self.connected:
             self._lost(paho.error_string(code))
         return False
+
+    def _drain(self, most: int = DRAIN_PACKETS) -> MQTTErrorCode:
+        # paho's loop() reads one incoming packet per call: a subscriber would pay a full
+        # loop (select, writes, keep-alive checks) per message. Read on while data waits.
+        code = MQTTErrorCode.MQTT_ERR_SUCCESS
+        for _ in range(most):
+            sock = self._client.socket()
+            if sock is None:
+                break
+            pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+            if not (pending and pending()) and not select.select([sock], [], [], 0)[0]:
+                break
+            code = self._client.loop_read()
+            if code is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        return code
 
     def disconnect(self) -> None:
         """Say goodbye cleanly (the will is not sent) and flush what the socket holds."""
