@@ -102,7 +102,12 @@ class Ingestor:
     def run(self, stop: threading.Event) -> None:
         """Receive and store until `stop` is set; what is pending is stored and acked."""
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:
+                # One bad turn must not end ingest: what was not acked comes again.
+                logger.exception("ingest: unexpected error; carrying on")
+                stop.wait(LOOP_TIMEOUT_S * 10)
             if not self.client.connected and not self._pending:
                 stop.wait(LOOP_TIMEOUT_S * 5)
         self.flush()
