@@ -19,7 +19,9 @@ from posmon.wire.codec import Received, SerialCodec
 
 logger = logging.getLogger(__name__)
 
-READ_TIMEOUT_S = 0.05
+# A read returns as soon as a byte arrives; the timeout only paces the frame-timeout
+# check and the stop check on a quiet line.
+READ_TIMEOUT_S = 0.25
 
 
 class FrameSink(Protocol):

@@ -86,7 +86,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
+        self._synchronous = "FULL" if fsync == "full" else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
         # A queue read from its head needs little cache; the default 2 MB is a twentieth
         # of the agent's memory budget.
@@ -179,6 +180,9 @@ class Outbox:
         if not ids:
             return
         with self._lock:
+            # A delete need not reach the disk at once (a lost one only repeats an event
+            # after a crash); the next full commit of the WAL carries it.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             removed = 0
             for start in range(0, len(ids), 500):
@@ -187,6 +191,7 @@ class Outbox:
                 cursor = self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)  # noqa: S608 - only placeholders
                 removed += cursor.rowcount
             self._db.execute("COMMIT")
+            self._db.execute(f"PRAGMA synchronous={self._synchronous}")
             self._size -= removed
 
     def last_frames(self) -> list[LastFrame]:

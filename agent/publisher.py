@@ -20,8 +20,10 @@ from posmon.mqtt import Backoff, MqttClient, MqttError
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT_S = 0.02
-# Deletes are batched: a lost delete only means a repeat after a crash.
-REMOVE_EVERY_S = 0.05
+IDLE_WAIT_S = 0.1
+# Deletes are batched: a lost delete only means a repeat after a crash, and each delete
+# is a commit.
+REMOVE_EVERY_S = 0.5
 
 
 class Publisher:
@@ -43,6 +45,10 @@ class Publisher:
         self.backoff = backoff
         self.published = 0
         self.presence_stale = threading.Event()
+        # Set by whoever adds to the outbox; set at start so a restart replays the backlog.
+        self.outbox_changed = threading.Event()
+        self.outbox_changed.set()
+        self._more = False
         self._handed: dict[int, int] = {}  # mid -> outbox id, in flight
         self._acked: list[int] = []
         self._other_acks: set[int] = set()  # presence messages
@@ -62,7 +68,12 @@ class Publisher:
                 logger.exception("publisher: unexpected error; carrying on")
                 busy = False
             if not busy:
-                stop.wait(LOOP_TIMEOUT_S)
+                stop.wait(LOOP_TIMEOUT_S)  # no connection yet
+            elif self._idle():
+                # Nothing in flight, nothing new: sleep until the outbox changes, waking
+                # now and then for the keep-alive and the batched deletes. Polling would
+                # cost CPU on a small box.
+                self.outbox_changed.wait(IDLE_WAIT_S)
         deadline = time.monotonic() + drain_s
         while self._handed and self.client.connected and time.monotonic() < deadline:
             self.client.loop(LOOP_TIMEOUT_S)
@@ -86,14 +97,17 @@ class Publisher:
         """
         if not self.client.connected:
             self._try_connect()
-        if not self.client.loop(LOOP_TIMEOUT_S):
+        # Waiting for PUBACKs: block on the socket a little. Otherwise just do what is due.
+        if not self.client.loop(LOOP_TIMEOUT_S if self._handed else 0.0):
             return False
         if self.client.connected:
             if self.presence_stale.is_set():
                 self.presence_stale.clear()
                 topic, payload = self.presence(True)
                 self.client.publish(topic, payload, retain=True)
-            self._hand_over()
+            if self.outbox_changed.is_set() or self._more:
+                self.outbox_changed.clear()
+                self._hand_over()
         now = time.monotonic()
         if self._acked and now - self._last_remove >= REMOVE_EVERY_S:
             self._flush_removes()
@@ -120,11 +134,22 @@ class Publisher:
     def _hand_over(self) -> None:
         room = self.inflight - len(self._handed)
         if room <= 0:
+            self._more = True
             return
-        for entry in self.outbox.peek(self._last_id, room):
+        entries = self.outbox.peek(self._last_id, room)
+        self._more = len(entries) == room  # a full window: there may be more behind it
+        for entry in entries:
             mid = self.client.publish(entry.topic, entry.payload)
             self._handed[mid] = entry.id
             self._last_id = entry.id
+
+    def _idle(self) -> bool:
+        return not (
+            self._handed
+            or self._more
+            or self.outbox_changed.is_set()
+            or self.presence_stale.is_set()
+        )
 
     def _published(self, mid: int) -> None:
         outbox_id = self._handed.pop(mid, None)

@@ -79,6 +79,7 @@ class Agent:
         topic, priority = self._route(message)
         try:
             self.outbox.put(topic, message.to_json(), priority, last)
+            self.publisher.outbox_changed.set()
         except OutboxFull:
             logger.warning(
                 "port %s: outbox full of transactions and batches; not ACKing %s from %s",
@@ -99,6 +100,7 @@ class Agent:
         for tid in tids:
             event = self.builder.serial_down(tid, now)
             self.outbox.put(self.topics.terminal(tid, "status"), event.to_json(), Priority.STATUS)
+            self.publisher.outbox_changed.set()
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 import random
 import select
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "posmon/v1"
 DRAIN_PACKETS = 500
+CONNACK_WAIT_S = 5.0
 
 
 class MqttError(ConnectionError):
@@ -204,12 +206,21 @@ class MqttClient:
         self._client.on_message = self._on_message
         self._started = False
         self._open = False  # a socket exists (CONNACK may still be on its way)
+        self._connect_sent = 0.0
 
     # --- connection ---------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the TCP (and TLS) connection and send CONNECT; CONNACK arrives in `loop()`."""
+        """Open the TCP (and TLS) connection and send CONNECT; CONNACK arrives in `loop()`.
+
+        While a CONNACK is still awaited (up to `CONNACK_WAIT_S`) this does nothing: a
+        second CONNECT would cut off the first, and a busy broker restoring its sessions
+        can keep a client out for a long time that way.
+        """
         settings = self.settings
+        awaiting = self._open and not self.connected
+        if awaiting and time.monotonic() - self._connect_sent < CONNACK_WAIT_S:
+            return
         try:
             if not self._started:
                 properties = None
@@ -231,6 +242,7 @@ class MqttClient:
             else:
                 self._client.reconnect()
             self._open = True
+            self._connect_sent = time.monotonic()
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.last_error = f"{settings.host}:{settings.port}: {exc}"
             raise MqttError(self.last_error) from exc
