@@ -7,6 +7,9 @@ noise it threw away. It never touches a port or a clock. Model: h11's `receive_d
 
 from __future__ import annotations
 
+import functools
+import operator
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -16,6 +19,10 @@ ACK = b"\x06"
 NAK = b"\x15"
 FS = 0x1C
 MAX_DATA = 1024
+_STX = bytes((STX,))
+_STX_OR_ETX = re.compile(b"[\\x02\\x03]")
+# Control bytes other than FS (0x1C), and DEL.
+_CONTROL = re.compile(b"[\\x00-\\x1b\\x1d-\\x1f\\x7f]")
 FRAME_TIMEOUT_S = 2.0
 
 
@@ -52,10 +59,7 @@ class BadFrame:
 
 def lrc(data: bytes) -> int:
     """The frame check byte: XOR of every DATA byte and ETX."""
-    value = ETX
-    for byte in data:
-        value ^= byte
-    return value
+    return functools.reduce(operator.xor, data, ETX)
 
 
 def check_data(data: bytes) -> None:
@@ -64,9 +68,8 @@ def check_data(data: bytes) -> None:
         raise FrameError(BadFrameReason.EMPTY, data)
     if len(data) > MAX_DATA:
         raise FrameError(BadFrameReason.TOO_LONG, data)
-    for byte in data:
-        if (byte < 0x20 and byte != FS) or byte == 0x7F:
-            raise FrameError(BadFrameReason.CONTROL_BYTE, data)
+    if _CONTROL.search(data):
+        raise FrameError(BadFrameReason.CONTROL_BYTE, data)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -131,29 +134,45 @@ class FrameDecoder:
         """Consume bytes received at time `now`; return the frames they completed, in order."""
         self.expire(now)
         out: list[GoodFrame | BadFrame] = []
-        for byte in data:
+        # Runs of ordinary bytes are taken whole (find/search in C), not byte by byte.
+        position, end = 0, len(data)
+        while position < end:
             if self._state is _State.IDLE:
-                if byte == STX:
-                    self._start(now)
-                else:
-                    self.counters.noise_bytes += 1
+                start = data.find(_STX, position)
+                skipped = (end if start < 0 else start) - position
+                self.counters.noise_bytes += skipped
+                if start < 0:
+                    break
+                self._start(now)
+                position = start + 1
             elif self._state is _State.DATA:
-                self._in_data(byte, now, out)
+                position = self._in_data(data, position, now, out)
             else:
-                self._finish(byte, out)
+                self._finish(data[position], out)
+                position += 1
         return out
 
-    def _in_data(self, byte: int, now: float, out: list[GoodFrame | BadFrame]) -> None:
-        if byte == STX:
-            self.counters.resyncs += 1
-            self._start(now)
-        elif byte == ETX:
-            self._state = _State.LRC
-        elif len(self._buffer) >= self.max_data:
+    def _in_data(
+        self, data: bytes, position: int, now: float, out: list[GoodFrame | BadFrame]
+    ) -> int:
+        """Take DATA bytes up to the next STX or ETX; return where to go on from."""
+        marker = _STX_OR_ETX.search(data, position)
+        stop = len(data) if marker is None else marker.start()
+        room = self.max_data - len(self._buffer)
+        if stop - position > room:
+            # One byte too many: refuse the frame; that byte and the rest are noise.
             self._reject(BadFrameReason.TOO_LONG, out)
             self.counters.noise_bytes += 1
+            return position + room + 1
+        self._buffer += data[position:stop]
+        if marker is None:
+            return stop
+        if data[stop] == STX:
+            self.counters.resyncs += 1
+            self._start(now)
         else:
-            self._buffer.append(byte)
+            self._state = _State.LRC
+        return stop + 1
 
     def _finish(self, check: int, out: list[GoodFrame | BadFrame]) -> None:
         data = bytes(self._buffer)
