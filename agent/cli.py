@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agent.config import AgentConfig
-from posmon.config import ConfigError, example_toml, load
+from posmon.cli import load_config_or_exit, stop_on_signals
+from posmon.config import example_toml
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,12 +38,8 @@ EXAMPLE_PORTS: dict[str, dict[str, Any]] = {
 
 
 def load_config(path: Path | None) -> AgentConfig:
-    """Load the agent configuration or exit 2 with the file, key and problem."""
-    try:
-        return load(AgentConfig, path)
-    except ConfigError as exc:
-        typer.echo(f"configuration error:\n{exc}", err=True)
-        raise typer.Exit(2) from exc
+    """Load the configuration or exit 2 naming the file and key."""
+    return load_config_or_exit(AgentConfig, path)
 
 
 @app.command()
@@ -57,13 +51,7 @@ def run(config: ConfigOption = None) -> None:
     if not settings.ports:
         typer.echo(f"configuration error:\n{config}: ports: no port configured", err=True)
         raise typer.Exit(2)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     Agent(settings).run(stop)
 
 

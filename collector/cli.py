@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -17,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from collector.config import CollectorConfig
-from posmon.config import ConfigError, example_toml, load
+from posmon.cli import load_config_or_exit, stop_on_signals
+from posmon.config import example_toml
 
 app = typer.Typer(help="The collector: ingest, correlation, overdue watch.", no_args_is_help=True)
 
@@ -25,12 +23,8 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Colle
 
 
 def load_config(path: Path | None) -> CollectorConfig:
-    """Load the collector configuration or exit 2 naming the file and key."""
-    try:
-        return load(CollectorConfig, path)
-    except ConfigError as exc:
-        typer.echo(f"configuration error:\n{exc}", err=True)
-        raise typer.Exit(2) from exc
+    """Load the configuration or exit 2 naming the file and key."""
+    return load_config_or_exit(CollectorConfig, path)
 
 
 @app.command()
@@ -39,13 +33,7 @@ def run(config: ConfigOption = None) -> None:
     from collector.service import Collector  # noqa: PLC0415 - keeps `--help` fast
 
     settings = load_config(config)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     Collector(settings).run(stop)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from posmon import __version__, schemas
+from posmon.config import ConfigError, Settings, load
 from posmon.logs import setup_logging
 
 app = typer.Typer(
@@ -75,6 +79,27 @@ def schema_export(
         return
     for path in schemas.export(directory):
         typer.echo(f"wrote {path}")
+
+
+def load_config_or_exit(model: type[Settings], path: Path | None) -> Settings:
+    """Load a role's configuration, or exit 2 with the file (or variable), key and problem."""
+    try:
+        return load(model, path)
+    except ConfigError as exc:
+        typer.echo(f"configuration error:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (Ctrl-C): how a long-running command is ended."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop
 
 
 def _register_roles(words: list[str]) -> None:
