@@ -128,6 +128,9 @@ class Store:
         self.clock = clock
         self.skew = timedelta(days=skew_days)
         self.engine = _engine(url)
+        # SQLite: reads (the overdue watch's, status, the API's) on their own engine, so
+        # they never wait for the write lock. PostgreSQL needs no such thing.
+        self._reads = _engine(url, writer=False) if url.startswith("sqlite") else self.engine
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._insert_sqls: dict[tuple[str, tuple[str, ...], int, str | None], str] = {}
 
@@ -146,6 +149,7 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._reads.dispose()
 
     # --- the one way in -----------------------------------------------------------------
 
@@ -657,7 +661,7 @@ class Store:
     def next_deadline(self) -> datetime | None:
         """The earliest deadline still open, to know how long the overdue scan may sleep."""
         key = transactions.c
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             value = conn.execute(
                 select(func.min(key.deadline)).where(key.outcome == Outcome.PENDING.value)
             ).scalar()
@@ -670,7 +674,7 @@ class Store:
     ) -> dict[str, Any] | None:
         """One stored transaction by its business key, with its outcome."""
         key = transactions.c
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             row = (
                 conn.execute(
                     select(transactions).where(
@@ -683,7 +687,7 @@ class Store:
         return dict(row) if row is not None else None
 
     def settlement(self, settlement_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             row = (
                 conn.execute(
                     select(settlements).where(settlements.c.settlement_id == settlement_id)
@@ -696,7 +700,7 @@ class Store:
     def outcome_history(self, tid: str, rrn: str) -> list[str]:
         """The outcomes a transaction went through, oldest first."""
         key = transactions.c
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             rows = conn.execute(
                 select(outcome_log.c.outcome)
                 .join(transactions, transactions.c.id == outcome_log.c.transaction_id)
@@ -708,7 +712,7 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Rows per table, and transactions per outcome."""
         result: dict[str, int] = {}
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             for table in (
                 transactions,
                 settlements,
@@ -748,7 +752,7 @@ class Store:
             )
 
     def collectors(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reads.connect() as conn:
             return [
                 dict(row)
                 for row in conn.execute(
@@ -865,7 +869,7 @@ class Store:
         )
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, writer: bool = True) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
@@ -879,12 +883,13 @@ def _engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
-            # Take the write lock at BEGIN: a reader that later writes cannot deadlock.
             dbapi_connection.isolation_level = None
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock at BEGIN: a transaction that reads and then
+            # writes cannot deadlock with another. Readers must not queue behind them.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
