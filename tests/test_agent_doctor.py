@@ -329,7 +329,7 @@ def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Path, Path]]:
     """A mosquitto with only a TLS listener; yields it, its CA and an unrelated CA."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
+        pytest.fail("openssl is needed to make test certificates (./scripts/test installs it)")
     folder = tmp_path_factory.mktemp("tls")
     ca_key, ca = make_ca(folder, "posmon-test-ca")
     _, other_ca = make_ca(folder, "someone-else")
