@@ -52,3 +52,5 @@ def setup_logging(
     root.setLevel(level.upper())
     # paho logs every packet at DEBUG; keep it quiet unless asked for by name.
     logging.getLogger("paho").setLevel(max(root.level, logging.INFO))
+    # alembic narrates every plugin and migration step at INFO.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
