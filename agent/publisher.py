@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from agent.outbox import Outbox
-from posmon.mqtt import Backoff, MqttClient, MqttError
+from posmon.mqtt import MqttClient
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +36,11 @@ class Publisher:
         *,
         presence: Callable[[bool], tuple[str, bytes]],
         inflight: int,
-        backoff: Backoff,
     ) -> None:
         self.outbox = outbox
         self.client = client
         self.presence = presence
         self.inflight = inflight
-        self.backoff = backoff
         self.published = 0
         self.presence_stale = threading.Event()
         # Set by whoever adds to the outbox; set at start so a restart replays the backlog.
@@ -53,7 +51,6 @@ class Publisher:
         self._acked: list[int] = []
         self._other_acks: set[int] = set()  # presence messages
         self._last_id = 0
-        self._next_attempt = 0.0
         self._last_remove = 0.0
         client.on_connected = self._connected
         client.on_published = self._published
@@ -95,8 +92,7 @@ class Publisher:
 
         Returns False while there is no connection (the caller waits a little).
         """
-        if not self.client.connected:
-            self._try_connect()
+        self.client.connect_when_due()
         # Waiting for PUBACKs: block on the socket a little. Otherwise just do what is due.
         if not self.client.loop(LOOP_TIMEOUT_S if self._handed else 0.0):
             return False
@@ -113,22 +109,7 @@ class Publisher:
             self._flush_removes()
         return True
 
-    def _try_connect(self) -> None:
-        now = time.monotonic()
-        if now < self._next_attempt:
-            return
-        try:
-            self.client.connect()
-        except MqttError as exc:
-            delay = self.backoff.next_delay()
-            self._next_attempt = now + delay
-            logger.warning("MQTT: %s; retrying in %.1f s", exc.reason, delay)
-            return
-        # CONNACK comes in loop(); a refusal shows up as still not connected.
-        self._next_attempt = now + self.backoff.next_delay()
-
     def _connected(self, session_present: bool) -> None:
-        self.backoff.reset()
         self.presence_stale.set()
 
     def _hand_over(self) -> None:

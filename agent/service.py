@@ -12,7 +12,7 @@ from agent.link import PortReader
 from agent.outbox import LastFrame, Outbox, OutboxFull, Priority
 from agent.publisher import Publisher
 from posmon import __version__
-from posmon.mqtt import Backoff, MqttClient, Topics
+from posmon.mqtt import MqttClient, Topics
 from posmon.wire.codec import EventBuilder, Received, SerialCodec
 from posmon.wire.models import (
     BatchEvent,
@@ -61,7 +61,6 @@ class Agent:
             self.client,
             presence=lambda online: self._presence(online=online),
             inflight=config.mqtt.inflight,
-            backoff=Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s),
         )
 
     # --- FrameSink ----------------------------------------------------------------------

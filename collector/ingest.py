@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from collector.config import IngestSection
 from collector.store import IngestReport, OutcomeChange, Store, new_deadletter
-from posmon.mqtt import Backoff, Message, MqttClient, MqttError, Topics
+from posmon.mqtt import Message, MqttClient, Topics
 from posmon.wire.models import (
     BatchEvent,
     DeadLetter,
@@ -79,7 +79,6 @@ class Ingestor:
         topics: Topics,
         settings: IngestSection,
         *,
-        backoff: Backoff,
         on_changes: Callable[[list[OutcomeChange]], None] = lambda changes: None,
         source: str = "collector",
     ) -> None:
@@ -87,7 +86,6 @@ class Ingestor:
         self.client = client
         self.topics = topics
         self.settings = settings
-        self.backoff = backoff
         self.on_changes = on_changes
         self.source = source
         self.filters = list(subscriptions(topics, settings.shared_group))
@@ -95,7 +93,6 @@ class Ingestor:
         self.last_lag_s: float | None = None
         self._pending: list[Message] = []
         self._oldest = 0.0
-        self._next_attempt = 0.0
         client.on_message = self._received
         client.on_connected = self._connected
 
@@ -115,8 +112,7 @@ class Ingestor:
 
     def step(self) -> None:
         """One turn: connect if due, network I/O, flush a full or old batch."""
-        if not self.client.connected:
-            self._try_connect()
+        self.client.connect_when_due()
         self.client.loop(LOOP_TIMEOUT_S)
         if self._pending and (
             len(self._pending) >= self.settings.batch_size
@@ -187,16 +183,5 @@ class Ingestor:
         self._pending.append(message)
 
     def _connected(self, session_present: bool) -> None:
-        self.backoff.reset()
         self.client.subscribe(self.filters)
         logger.info("subscribed to %s", ", ".join(self.filters))
-
-    def _try_connect(self) -> None:
-        now = time.monotonic()
-        if now < self._next_attempt:
-            return
-        self._next_attempt = now + self.backoff.next_delay()
-        try:
-            self.client.connect()
-        except MqttError as exc:
-            logger.warning("MQTT: %s", exc.reason)

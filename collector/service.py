@@ -13,7 +13,7 @@ from collector.ingest import Ingestor
 from collector.overdue import OverdueWatch
 from collector.store import OutcomeChange, Store
 from collector.terms import SettlementTerms
-from posmon.mqtt import Backoff, MqttClient, Topics
+from posmon.mqtt import MqttClient, Topics
 from posmon.simclock import Clock, SimClock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class Collector:
             client,
             self.topics,
             config.ingest,
-            backoff=Backoff(config.mqtt.reconnect_min_s, config.mqtt.reconnect_max_s),
             on_changes=self.report,
             source=f"collector:{self.id}",
         )

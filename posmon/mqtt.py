@@ -206,6 +206,8 @@ class MqttClient:
         self._client.on_message = self._on_message
         self._started = False
         self._open = False  # a socket exists (CONNACK may still be on its way)
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._next_attempt = 0.0
         self._connect_sent = 0.0
 
     # --- connection ---------------------------------------------------------------------
@@ -246,6 +248,24 @@ class MqttClient:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self.last_error = f"{settings.host}:{settings.port}: {exc}"
             raise MqttError(self.last_error) from exc
+
+    def connect_when_due(self) -> None:
+        """Connect if not connected and the backoff delay since the last try has passed.
+
+        The owner's loop calls this every turn; failures are logged, never raised, and
+        the delay grows (with jitter) until a CONNACK resets it.
+        """
+        if self.connected:
+            return
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return
+        delay = self._backoff.next_delay()
+        self._next_attempt = now + delay
+        try:
+            self.connect()
+        except MqttError as exc:
+            logger.warning("MQTT: %s; retrying in %.1f s", exc.reason, delay)
 
     def loop(self, timeout: float = 0.1) -> bool:
         """Do network work for up to `timeout` s; return False when the connection is gone."""
@@ -319,6 +339,7 @@ class MqttClient:
             return
         self.connected = True
         self.last_error = None
+        self._backoff.reset()
         logger.info(
             "MQTT connected to %s:%s as %s (session present: %s)",
             self.settings.host,

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from posmon.mqtt import Backoff, Message, MqttClient, MqttError, Topics
+from posmon.mqtt import Message, MqttClient, MqttError, Topics
 from posmon.simclock import Clock
 from posmon.wire.models import MessageError, SettlementEvent, parse_message
 from simulators.acquirer.core import AcquirerCore
@@ -60,7 +60,6 @@ class AcquirerRunner:
         topics: Topics | None = None,
         csv_files: SettlementFiles | None = None,
         truth: TruthLog | None = None,
-        backoff: Backoff | None = None,
     ) -> None:
         self.core = core
         self.client = client
@@ -68,13 +67,9 @@ class AcquirerRunner:
         self.topics = topics or Topics(client.settings.topic_prefix)
         self.csv_files = csv_files
         self.truth = truth
-        self.backoff = backoff or Backoff(
-            client.settings.reconnect_min_s, client.settings.reconnect_max_s
-        )
         self.counters: Counter[str] = Counter()
         self._backlog: deque[SettlementEvent] = deque()  # due while disconnected
         self._unacked: set[int] = set()
-        self._next_attempt = 0.0
         client.on_connected = self._connected
         client.on_message = self._received
         client.on_published = self._published
@@ -111,8 +106,7 @@ class AcquirerRunner:
 
     def step(self) -> None:
         """One turn: connect if due, network I/O (events reach the core), due settlements out."""
-        if not self.client.connected:
-            self._try_connect()
+        self.client.connect_when_due()
         if not self.client.loop(LOOP_TIMEOUT_S):
             time.sleep(LOOP_TIMEOUT_S)
         self._tick()
@@ -151,21 +145,7 @@ class AcquirerRunner:
             logger.warning("%d settlements not acknowledged by the broker at exit", unsent)
         self.counters["unacknowledged"] = unsent
 
-    def _try_connect(self) -> None:
-        now = time.monotonic()
-        if now < self._next_attempt:
-            return
-        try:
-            self.client.connect()
-        except MqttError as exc:
-            delay = self.backoff.next_delay()
-            self._next_attempt = now + delay
-            logger.warning("MQTT: %s; retrying in %.1f s", exc.reason, delay)
-            return
-        self._next_attempt = now + self.backoff.next_delay()
-
     def _connected(self, session_present: bool) -> None:
-        self.backoff.reset()
         self.client.subscribe(self.subscriptions)
 
     def _published(self, mid: int) -> None:
