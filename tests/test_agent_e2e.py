@@ -72,6 +72,21 @@ def pty(tmp_path: Path) -> PtyLink:
     link.close()
 
 
+@pytest.fixture
+def agent_on_pty(
+    broker: Broker,
+    prefix: str,
+    pty: PtyLink,
+    listener_factory: Callable[..., Listener],
+    agent_factory: Callable[..., AgentProcess],
+) -> tuple[Listener, AgentProcess]:
+    """A listener on the test's prefix, and `posmon agent run` reading `pty`, started."""
+    listener = listener_factory(broker, prefix)
+    agent = agent_factory(broker, prefix, {"counter-1": str(pty.path)})
+    agent.start()
+    return listener, agent
+
+
 def terminal(
     link: PtyLink,
     messages: list[Message],
@@ -170,15 +185,9 @@ def test_broker_stopped_during_a_burst_of_1000_then_started_all_arrive_in_order(
 
 @pytest.mark.slow
 def test_agent_killed_mid_burst_and_restarted_loses_nothing(
-    broker: Broker,
-    prefix: str,
-    pty: PtyLink,
-    listener_factory: Callable[..., Listener],
-    agent_factory: Callable[..., AgentProcess],
+    pty: PtyLink, agent_on_pty: tuple[Listener, AgentProcess]
 ) -> None:
-    listener = listener_factory(broker, prefix)
-    agent = agent_factory(broker, prefix, {"counter-1": str(pty.path)})
-    agent.start()
+    listener, agent = agent_on_pty
     messages, _ = txn_burst(1000, seed=8)
     deliveries: list[Delivery] = []
     sim = terminal(pty, messages, deliveries=deliveries)
@@ -200,15 +209,9 @@ def test_agent_killed_mid_burst_and_restarted_loses_nothing(
 
 
 def test_noise_and_corrupted_frames_are_nakd_counted_and_never_published(
-    broker: Broker,
-    prefix: str,
-    pty: PtyLink,
-    listener_factory: Callable[..., Listener],
-    agent_factory: Callable[..., AgentProcess],
+    pty: PtyLink, agent_on_pty: tuple[Listener, AgentProcess]
 ) -> None:
-    listener = listener_factory(broker, prefix)
-    agent = agent_factory(broker, prefix, {"counter-1": str(pty.path)})
-    agent.start()
+    listener, agent = agent_on_pty
     messages, _ = txn_burst(100, seed=9)
     sim = terminal(pty, messages, faults=Faults(noise=0.5, corrupt_lrc=0.3, split=0.2))
     counters = sim.run()
@@ -229,15 +232,9 @@ def test_noise_and_corrupted_frames_are_nakd_counted_and_never_published(
 
 
 def test_intact_frames_with_bad_content_go_to_the_dead_letter_topic(
-    broker: Broker,
-    prefix: str,
-    pty: PtyLink,
-    listener_factory: Callable[..., Listener],
-    agent_factory: Callable[..., AgentProcess],
+    pty: PtyLink, agent_on_pty: tuple[Listener, AgentProcess]
 ) -> None:
-    listener = listener_factory(broker, prefix)
-    agent = agent_factory(broker, prefix, {"counter-1": str(pty.path)})
-    agent.start()
+    listener, _agent = agent_on_pty
     good, pans = txn_burst(3, seed=10)
     script = [
         good[0],
@@ -262,15 +259,9 @@ def test_intact_frames_with_bad_content_go_to_the_dead_letter_topic(
 
 
 def test_a_full_pan_is_masked_on_the_broker_in_the_log_and_in_the_outbox_file(
-    broker: Broker,
-    prefix: str,
-    pty: PtyLink,
-    listener_factory: Callable[..., Listener],
-    agent_factory: Callable[..., AgentProcess],
+    pty: PtyLink, agent_on_pty: tuple[Listener, AgentProcess]
 ) -> None:
-    listener = listener_factory(broker, prefix)
-    agent = agent_factory(broker, prefix, {"counter-1": str(pty.path)})
-    agent.start()
+    listener, agent = agent_on_pty
     messages, pans = txn_burst(20, seed=12)
     # Full PANs in every field a terminal could put one: the PAN key, an unknown key, a
     # frame that is invalid, a frame of an unknown type.
