@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from agent.config import AgentConfig
-from posmon.cli import load_config_or_exit, stop_on_signals
+from posmon.cli import load_config_or_exit
 from posmon.config import example_toml
 
 if TYPE_CHECKING:
@@ -45,14 +45,11 @@ def load_config(path: Path | None) -> AgentConfig:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run the agent until SIGTERM or Ctrl-C."""
-    from agent.service import Agent  # noqa: PLC0415 - keeps `--help` fast
+    # A plain `posmon agent run` does not come here: posmon.cli.main() calls serve()
+    # itself, without typer. This is the way of `--help` and of typer's own tests.
+    from agent.service import serve  # noqa: PLC0415 - keeps `--help` fast
 
-    settings = load_config(config)
-    if not settings.ports:
-        typer.echo(f"configuration error:\n{config}: ports: no port configured", err=True)
-        raise typer.Exit(2)
-    stop = stop_on_signals()
-    Agent(settings).run(stop)
+    serve(config)
 
 
 @app.command("config-example")

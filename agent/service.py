@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from agent.config import AgentConfig
@@ -12,6 +14,7 @@ from agent.link import PortReader
 from agent.outbox import LastFrame, Outbox, OutboxFull, Priority
 from agent.publisher import Publisher
 from posmon import __version__
+from posmon.cli import load_config_or_exit, stop_on_signals
 from posmon.mqtt import MqttClient, Topics
 from posmon.wire.codec import EventBuilder, Received, SerialCodec
 from posmon.wire.models import (
@@ -190,3 +193,12 @@ class Agent:
         publisher.join(timeout=5)
         logger.info("agent %s stopped; stats %s", self.agent_id, self.stats())
         self.outbox.close()
+
+
+def serve(config: Path | None) -> None:
+    """`posmon agent run`: load the configuration (or exit 2), run until SIGTERM or Ctrl-C."""
+    settings = load_config_or_exit(AgentConfig, config)
+    if not settings.ports:
+        print(f"configuration error:\n{config}: ports: no port configured", file=sys.stderr)
+        raise SystemExit(2)
+    Agent(settings).run(stop_on_signals())

@@ -9,11 +9,10 @@ from /proc/PID/stat over the window, as % of one core).
 
 Baselines, measured over the same window in the same run, each an idle interpreter: one
 with nothing imported, one with the agent's own modules imported (`agent.service`,
-`agent.config`), and one with what `posmon agent run` imports (the `posmon` command with
-every role's sub-commands registered, then the agent's modules). The agent minus the
-last is what the agent's own work costs; the last minus the second is what the command
-layer (typer, the other roles' CLI modules) adds; the second minus the first is the
-libraries' floor (pydantic, pydantic-settings, paho, pyserial, sqlite3).
+`agent.config`), and one with what `posmon agent run` imports (`posmon.cli`, which runs
+the agent without typer, then the agent's modules). The agent minus the last is what the
+agent's own work costs; the last minus the second is what the command layer adds; the
+second minus the first is the libraries' floor (pydantic, paho, pyserial, sqlite3).
 
     .venv/bin/python benchmarks/agent_resources.py [--seconds 60] [--rate 20]
 """
@@ -56,12 +55,14 @@ CPU_TARGET_PCT = 3.0
 # The agent's own modules, without the `posmon` command around them.
 AGENT_MODULES = "import agent.service, agent.config, posmon.logs; "
 # What `posmon agent run` has imported by the time the agent runs: what posmon.cli.main()
-# does before handing over to typer (register the sub-commands of the role invoked, or of
-# every role in older versions whose _register_roles() took no arguments), then the agent.
+# does first, then the agent. Since the command runs the agent without typer, that is
+# posmon.cli alone; before, main() registered the sub-commands of the role invoked (or of
+# every role in older versions whose _register_roles() took no arguments) with typer.
 AGENT_IMPORTS = (
     "import inspect, posmon.cli as cli; register = cli._register_roles; "
-    "register(['agent', 'run']) if inspect.signature(register).parameters else register(); "
-    + AGENT_MODULES
+    "typerless = hasattr(cli, '_agent_run_options'); "
+    "typerless or (register(['agent', 'run']) if inspect.signature(register).parameters "
+    "else register()); " + AGENT_MODULES
 )
 
 
@@ -248,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\ntarget RSS < {RSS_TARGET_MIB:g} MiB: peak {mib(busy.peak):.1f} MiB ({rss_ok}; "
         f"{busy.peak * 1024 / 1e6:.1f} MB of 10^6 bytes, which {strict_ok} 40 MB read so);\n"
         f"  {mib(floor.rss[-1]):.1f} MiB of it is the imports' floor, of which "
-        f"{mib(floor.rss[-1] - out.floors[1].rss[-1]):.1f} MiB the `posmon` command (typer "
-        f"and the CLI modules it registers);\n  {mib(busy.rss[-1] - floor.rss[-1]):.1f} MiB "
+        f"{mib(floor.rss[-1] - out.floors[1].rss[-1]):.1f} MiB the `posmon` command layer;\n"
+        f"  {mib(busy.rss[-1] - floor.rss[-1]):.1f} MiB "
         "is the agent's own (threads, buffers, SQLite cache, objects made while running)"
     )
     print(
