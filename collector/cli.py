@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -217,3 +217,213 @@ def _file_progress(file: Path) -> Iterator[Callable[[int, int], None] | None]:
     ) as bar:
         task = bar.add_task(file.name, total=file.stat().st_size, rows=0)
         yield lambda done, rows: bar.update(task, completed=done, rows=rows)
+
+
+alerts_app = typer.Typer(help="Alerts: list, show, acknowledge, silence.", no_args_is_help=True)
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '30m', '2h', '1d' -> a timedelta; anything else is a usage error."""
+    value, unit = text[:-1], text[-1:].lower()
+    if unit not in _DURATION_UNITS or not value.isdigit() or int(value) == 0:
+        raise typer.BadParameter(f"{text!r}: give a number and s, m, h or d, e.g. 2h")
+    return timedelta(seconds=int(value) * _DURATION_UNITS[unit])
+
+
+@contextlib.contextmanager
+def _alert_store(config: Path | None) -> Iterator[Any]:
+    from collector.alertstore import AlertStore  # noqa: PLC0415 - keeps `--help` fast
+    from collector.store import Store  # noqa: PLC0415
+    from collector.terms import SettlementTerms  # noqa: PLC0415
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = load_config(config)
+    store = Store(settings.database.url, SettlementTerms(settings))
+    try:
+        store.migrate()
+        yield AlertStore(store.engine, settings.collector.id, [])
+    finally:
+        store.close()
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+@alerts_app.command("list")
+def list_alerts(
+    config: ConfigOption = None,
+    status: Annotated[
+        str,
+        typer.Option(help="open (firing or acknowledged), firing, acknowledged, resolved, all."),
+    ] = "open",
+    alert_type: Annotated[
+        str | None, typer.Option("--type", help="e.g. SETTLEMENT_FAILED.")
+    ] = None,
+    tid: Annotated[str | None, typer.Option(help="Terminal id.")] = None,
+    bank: Annotated[str | None, typer.Option(help="Bank code.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON alert per line.")] = False,
+) -> None:
+    """List alerts, newest first."""
+    from collector.alertstore import alert_event  # noqa: PLC0415
+
+    if status not in ("open", "firing", "acknowledged", "resolved", "all"):
+        raise typer.BadParameter(f"unknown status {status!r}", param_hint="--status")
+    with _alert_store(config) as store:
+        rows = store.find(
+            status=None if status == "all" else status,
+            alert_type=alert_type,
+            tid=tid,
+            bank_code=bank,
+            limit=limit,
+        )
+    if as_json:
+        for row in rows:
+            typer.echo(alert_event(row).to_json().decode())
+        return
+    table = Table(title=f"alerts ({status})")
+    for column in ("alert", "type", "severity", "status", "cause", "since", "summary"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        status_text = row["status"] + (" (muted)" if row["silence_id"] else "")
+        table.add_row(
+            row["alert_id"],
+            row["type"],
+            row["severity"],
+            status_text,
+            row["cause"],
+            _when(row["started_at"]),
+            row["summary"],
+        )
+    Console().print(table)
+    if not rows:
+        typer.echo("no alerts")
+
+
+@alerts_app.command("show")
+def show_alert(
+    alert_id: Annotated[str, typer.Argument(help="The alert's id.")],
+    config: ConfigOption = None,
+) -> None:
+    """One alert: what, why (the evidence), and its history."""
+    import json  # noqa: PLC0415
+
+    from collector.alertstore import alert_event  # noqa: PLC0415
+
+    with _alert_store(config) as store:
+        row = store.get(alert_id)
+        if row is None:
+            typer.echo(f"no alert {alert_id}", err=True)
+            raise typer.Exit(1)
+        history = store.history(alert_id)
+    event = alert_event(row)
+    typer.echo(json.dumps(json.loads(event.to_json()), indent=2, ensure_ascii=False))
+    typer.echo("history:")
+    for item in history:
+        note = f": {item['note']}" if item["note"] else ""
+        typer.echo(f"  {_when(item['at'])} {item['event']} by {item['actor']}{note}")
+
+
+@alerts_app.command("ack")
+def ack_alert(
+    alert_ids: Annotated[list[str], typer.Argument(help="One or more alert ids.")],
+    by: Annotated[str, typer.Option("--by", help="Who acknowledges.")],
+    note: Annotated[str, typer.Option(help="Why, or what is being done.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge firing alerts: someone is on it, so they are not notified again."""
+    from collector.alertstore import AlertError  # noqa: PLC0415
+
+    failed = False
+    with _alert_store(config) as store:
+        for alert_id in alert_ids:
+            try:
+                row = store.acknowledge(alert_id, by, datetime.now(UTC), note)
+            except AlertError as exc:
+                typer.echo(exc.reason, err=True)
+                failed = True
+                continue
+            typer.echo(f"{alert_id} acknowledged by {by}: {row['summary']}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@alerts_app.command("silence")
+def silence_alerts(
+    by: Annotated[str, typer.Option("--by", help="Who silences.")],
+    reason: Annotated[str, typer.Option(help="Shown with every muted alert.")],
+    duration: Annotated[
+        str | None, typer.Option("--for", help="From now, e.g. 30m, 2h, 1d.")
+    ] = None,
+    start: Annotated[
+        datetime | None, typer.Option(help="Start (ISO 8601 with offset); default now.")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="End (ISO 8601 with offset).")] = None,
+    alert_type: Annotated[str | None, typer.Option("--type", help="Alert type.")] = None,
+    bank: Annotated[str | None, typer.Option(help="Bank code.")] = None,
+    mid: Annotated[str | None, typer.Option(help="Merchant id.")] = None,
+    tid: Annotated[str | None, typer.Option(help="Terminal id.")] = None,
+    maintenance: Annotated[
+        bool, typer.Option(help="A declared maintenance window: also evidence of BANK_SYSTEM.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Mute notification of matching alerts for a while (they are still recorded)."""
+    from collector.alertstore import AlertError  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    begin = start or now
+    for name, value in (("--start", start), ("--end", end)):
+        if value is not None and value.tzinfo is None:
+            raise typer.BadParameter("give the UTC offset, e.g. +08:00", param_hint=name)
+    if (duration is None) == (end is None):
+        raise typer.BadParameter("give either --for or --end", param_hint="--for")
+    finish = end if end is not None else begin + parse_duration(duration or "")
+    with _alert_store(config) as store:
+        try:
+            silence_id = store.add_silence(
+                starts_at=begin,
+                ends_at=finish,
+                reason=reason,
+                created_by=by,
+                now=now,
+                alert_type=alert_type,
+                bank_code=bank,
+                mid=mid,
+                tid=tid,
+                maintenance=maintenance,
+            )
+        except AlertError as exc:
+            typer.echo(exc.reason, err=True)
+            raise typer.Exit(2) from exc
+    typer.echo(f"silence {silence_id}: {_when(begin)} to {_when(finish)}")
+
+
+@alerts_app.command("silences")
+def list_silences(
+    config: ConfigOption = None,
+    everything: Annotated[bool, typer.Option("--all", help="Include those that are over.")] = False,
+) -> None:
+    """Silences and maintenance windows not yet over (or all)."""
+    with _alert_store(config) as store:
+        rows = store.silences(None if everything else datetime.now(UTC))
+    table = Table(title="silences")
+    for column in ("silence", "matches", "from", "to", "maintenance", "by", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        matches = ", ".join(
+            f"{key}={row[key]}" for key in ("type", "bank_code", "mid", "tid") if row[key]
+        )
+        table.add_row(
+            row["silence_id"],
+            matches,
+            _when(row["starts_at"]),
+            _when(row["ends_at"]),
+            "yes" if row["maintenance"] else "",
+            row["created_by"],
+            row["reason"],
+        )
+    Console().print(table)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from datetime import datetime, time
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from collector.alertconfig import AlertsSection, NotifySection
 from posmon.config import RoleSettings, Section, TimeZoneName
 from posmon.mqtt import MqttSettings
 
@@ -59,6 +60,9 @@ class IngestSection(Section):
     )
 
 
+MerchantStatus = Literal["active", "frozen", "licence_expired", "risk_hold", "terminated"]
+
+
 class MerchantRule(Section):
     """Settlement terms of one merchant; a key left out takes the [settlement] default."""
 
@@ -72,6 +76,9 @@ class MerchantRule(Section):
         None, ge=0, le=10_000, description="Fee in basis points of the amount."
     )
     fee_fixed: int | None = Field(None, ge=0, description="Fixed fee per transaction, minor units.")
+    status: MerchantStatus = Field(
+        "active", description="What the acquirer knows of the merchant (alert context)."
+    )
 
 
 class SettlementSection(Section):
@@ -123,6 +130,8 @@ class CollectorConfig(RoleSettings):
     merchants: list[MerchantRule] = Field(default_factory=list)
     clock: ClockSection = Field(default_factory=ClockSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
 
     @model_validator(mode="after")
     def _unique_merchants(self) -> Self:

@@ -232,3 +232,105 @@ collectors = Table(
     Column("subscriptions", JSON, nullable=False),
     Column("counters", JSON, nullable=False),
 )
+
+# --- alerts (collector/alertstore.py owns their SQL) ---------------------------------------
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("fingerprint", String(256), nullable=False),
+    # The fingerprint while the alert is open, NULL once resolved: its unique constraint
+    # allows one open alert per condition, whoever fires it, on SQLite and PostgreSQL.
+    Column("open_fingerprint", String(256), unique=True),
+    Column("type", String(64), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("status", String(16), nullable=False),  # firing, acknowledged, resolved
+    Column("cause", String(32), nullable=False),
+    Column("summary", String(256), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("resolved_at", UtcDateTime()),
+    Column("tid", String(8)),
+    Column("mid", String(15)),
+    Column("rrn", String(12)),
+    Column("bank_code", String(11)),
+    Column("amount_at_risk", BigInteger),
+    Column("currency", String(3)),
+    Column("case_id", String(64)),
+    Column("details", JSON),
+    Column("group_id", String(64)),  # the BANK_OUTAGE alert that gathers this one
+    Column("silence_id", String(64)),  # muted by this silence or maintenance window
+    Column("acked_at", UtcDateTime()),
+    Column("acked_by", String(64)),
+    Column("notified_at", UtcDateTime()),
+    Column("collector_id", String(64), nullable=False),
+    Index("ix_alerts_status", "status", "severity"),
+    Index("ix_alerts_type_time", "type", "started_at"),
+    Index("ix_alerts_bank_time", "bank_code", "started_at"),
+    Index("ix_alerts_fingerprint", "fingerprint"),
+    Index("ix_alerts_group", "group_id"),
+)
+
+alert_history = Table(
+    "alert_history",
+    metadata,
+    _id(),
+    Column("alert_id", String(64), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("event", String(16), nullable=False),  # fired, updated, acknowledged, resolved ...
+    Column("actor", String(64), nullable=False),
+    Column("note", Text),
+    Index("ix_alert_history_alert", "alert_id"),
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("silence_id", String(64), primary_key=True),
+    Column("type", String(64)),
+    Column("bank_code", String(11)),
+    Column("mid", String(15)),
+    Column("tid", String(8)),
+    Column("starts_at", UtcDateTime(), nullable=False),
+    Column("ends_at", UtcDateTime(), nullable=False),
+    Column("maintenance", Boolean, nullable=False),  # also evidence of a BANK_SYSTEM cause
+    Column("reason", String(256), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_silences_ends", "ends_at"),
+)
+
+# What each channel still has to deliver: written with the alert, in one transaction.
+notifications = Table(
+    "notifications",
+    metadata,
+    _id(),
+    Column("alert_id", String(64), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime()),
+    Column("last_error", String(512)),
+    Column("collector_id", String(64), nullable=False),
+    Index(
+        "ix_notifications_due",
+        "collector_id",
+        "channel",
+        "next_attempt_at",
+        sqlite_where=text("delivered_at IS NULL"),
+        postgresql_where=text("delivered_at IS NULL"),
+    ),
+)
+
+# How far each collector's alert engine has read the tables it follows (outcome_log,
+# status_events, batches, transactions): after a restart it carries on from there.
+alert_cursors = Table(
+    "alert_cursors",
+    metadata,
+    Column("collector_id", String(64), primary_key=True),
+    Column("positions", JSON, nullable=False),  # table name -> last id read
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

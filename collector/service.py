@@ -6,10 +6,13 @@ import logging
 import threading
 from datetime import UTC, datetime
 
+from collector.alerts import AlertEngine
+from collector.alertstore import AlertStore
 from collector.config import CollectorConfig
 from collector.correlate import Outcome
 from collector.http import HttpServer, create_app
 from collector.ingest import Ingestor
+from collector.notify import Dispatcher, channels_for
 from collector.overdue import OverdueWatch
 from collector.store import OutcomeChange, Store
 from collector.terms import SettlementTerms
@@ -59,14 +62,31 @@ class Collector:
         self.overdue = OverdueWatch(
             self.store, self.clock.now, self.report, scale=config.clock.scale
         )
+        channels = channels_for(
+            config.notify, config.mqtt, f"posmon-collector-{self.id}-alerts", self.topics
+        )
+        self.alert_store = AlertStore(
+            self.store.engine, self.id, [channel.name for channel in channels]
+        )
+        self.dispatchers = [
+            Dispatcher(channel, self.alert_store, config.notify) for channel in channels
+        ]
+        self.alerts = AlertEngine(
+            config, self.alert_store, self.clock.now, on_queued=self._wake_dispatchers
+        )
         self.http: HttpServer | None = None
         if config.http.enabled:
             app = create_app(self.store, lambda report: self.report(report.changes))
             self.http = HttpServer(app, config.http.host, config.http.port)
         self.started_at = datetime.now(UTC)
 
+    def _wake_dispatchers(self) -> None:
+        for dispatcher in self.dispatchers:
+            dispatcher.wake.set()
+
     def report(self, changes: list[OutcomeChange]) -> None:
-        """Tell the world what changed (a log line now; alerts build on this)."""
+        """Wake the alert engine for what changed (stored already), and log it."""
+        self.alerts.wake.set()
         for change in changes:
             level = logging.DEBUG if change.outcome in _QUIET else logging.WARNING
             logger.log(
@@ -85,6 +105,10 @@ class Collector:
             "overdue_reported": self.overdue.reported,
             "lag_s": self.ingestor.last_lag_s,
             "mqtt_connected": self.ingestor.client.connected,
+            "alerts_fired": self.alerts.fired,
+            "alerts_resolved": self.alerts.resolved,
+            **{f"notified.{d.channel.name}": d.delivered for d in self.dispatchers},
+            **{f"notify_failures.{d.channel.name}": d.failures for d in self.dispatchers},
         }
 
     def run(self, stop: threading.Event) -> None:
@@ -92,7 +116,17 @@ class Collector:
         threads = [
             threading.Thread(target=self.ingestor.run, args=(stop,), name="ingest", daemon=True),
             threading.Thread(target=self.overdue.run, args=(stop,), name="overdue", daemon=True),
+            threading.Thread(target=self.alerts.run, args=(stop,), name="alerts", daemon=True),
         ]
+        threads.extend(
+            threading.Thread(
+                target=dispatcher.run,
+                args=(stop,),
+                name=f"notify-{dispatcher.channel.name}",
+                daemon=True,
+            )
+            for dispatcher in self.dispatchers
+        )
         for thread in threads:
             thread.start()
         if self.http is not None:

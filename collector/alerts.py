@@ -1,0 +1,615 @@
+"""The alert engine: stored facts in, classified alerts with a lifecycle out.
+
+It follows four tables by id, from a cursor stored per collector so that a restart
+misses nothing: `outcome_log` (this collector's settlement outcomes: FAILED, OVERDUE ...),
+`status_events` (link, SAF, heartbeats), `batches` and `transactions` (decline rates).
+The ingest wakes it after each commit, so an alert follows its cause within milliseconds;
+a sweep every `alerts.sweep_s` checks what time alone decides (no heartbeat, a link down
+for N s, a batch not closed by the cut-off, an outage that has passed, re-notification).
+
+An alert fires once per condition (its fingerprint) and resolves when the condition
+clears; silences and maintenance windows mute the notification but the alert is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from collector.alertstore import AlertStore
+from collector.classify import Classification, Facts, classify
+from collector.config import CollectorConfig
+from collector.correlate import Outcome
+from collector.rules import (
+    BANK_FAILURES,
+    CLEARED_BY_ANY_CHANGE,
+    OUTCOME_ALERT,
+    AlertType,
+    Candidate,
+    DeclineWatch,
+    LinkWatch,
+    txn_fingerprint,
+)
+from posmon.wire.models import Cause
+
+logger = logging.getLogger(__name__)
+
+# A gap in a followed table's ids (a transaction that took an id and has not committed
+# yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
+GAP_WAIT_S = 10.0
+TAIL_BATCH = 500
+BATCH_SWEEP_EVERY_S = 5.0
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """Minor units as text: 12800, CNY -> '128.00 CNY' (no float on the way)."""
+    if amount is None:
+        return "an unknown amount"
+    sign = "-" if amount < 0 else ""
+    whole, cents = divmod(abs(amount), 100)
+    return f"{sign}{whole}.{cents:02d} {currency or ''}".rstrip()
+
+
+@dataclass(slots=True)
+class Tail:
+    """Reads a table by increasing id without skipping rows that commit out of order."""
+
+    position: int
+    seen: set[int] = field(default_factory=set)
+    gap_since: float | None = None
+
+    def take(self, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows not seen before; moves `position` over every contiguous id."""
+        fresh = [row for row in rows if row["id"] not in self.seen]
+        self.seen.update(row["id"] for row in fresh)
+        self._advance()
+        if self.seen:
+            now = time.monotonic()
+            if self.gap_since is None:
+                self.gap_since = now
+            elif now - self.gap_since > GAP_WAIT_S:
+                self.position = min(self.seen) - 1  # the gap was a rollback: move on
+                self._advance()
+                self.gap_since = None
+        else:
+            self.gap_since = None
+        return fresh
+
+    def _advance(self) -> None:
+        while self.position + 1 in self.seen:
+            self.position += 1
+            self.seen.discard(self.position)
+
+
+class AlertEngine:
+    """Turns stored facts into alerts; see the module docstring."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        store: AlertStore,
+        clock: Callable[[], datetime],
+        *,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.settings = config.alerts
+        self.store = store
+        self.clock = clock
+        self.on_queued = on_queued
+        self.wake = threading.Event()
+        self.fired = 0
+        self.resolved = 0
+        self.zone = ZoneInfo(config.settlement.timezone)
+        self.merchants = {rule.mid: rule for rule in config.merchants}
+        self.links = LinkWatch(self.settings.saf_threshold)
+        self.declines = DeclineWatch(
+            self.settings.decline_window,
+            self.settings.decline_baseline_min,
+            self.settings.decline_factor,
+            self.settings.decline_min_rate,
+        )
+        self.last_seen: dict[str, datetime] = {}  # tid -> latest status (agent's wall clock)
+        self.tails: dict[str, Tail] = {}
+        # Fingerprints of the open alerts, refreshed at each sweep: a status or batch that
+        # clears nothing costs no query, and a condition that persists is not re-fired.
+        self.open: set[str] = set()
+        self._next_sweep = 0.0
+        self._next_batch_sweep = 0.0
+
+    # --- start-up -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the cursors (or start at the end of each table) and the terminals' state."""
+        positions = self.store.positions()
+        if positions is None:
+            positions = self.store.end_positions()
+            self.store.save_positions(positions, self.clock())
+        self.tails = {name: Tail(position) for name, position in positions.items()}
+        self.open = self.store.open_fingerprints()
+        for row in self.store.latest_statuses():
+            self.last_seen[row["tid"]] = row["observed_at"]
+            self.links.feed(row["tid"], row["link_up"], row["saf_pending"], row["observed_at"])
+        now = self.clock()
+        for window in self.settings.maintenance:
+            self.store.add_silence(
+                silence_id=f"config-{window.bank_code or window.mid or window.tid}-"
+                f"{int(window.start.timestamp())}",
+                starts_at=window.start,
+                ends_at=window.end,
+                reason=window.reason,
+                created_by="configuration",
+                now=now,
+                bank_code=window.bank_code,
+                mid=window.mid,
+                tid=window.tid,
+                maintenance=True,
+            )
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the tables and sweep until `stop` is set."""
+        self.start()
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                logger.exception("alert engine step failed; trying again")
+                stop.wait(1.0)
+            self.wake.wait(self.settings.sweep_s)
+            self.wake.clear()
+
+    def step(self) -> None:
+        """Take every new fact, and sweep when it is time."""
+        while self._follow():
+            pass
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+            self._next_sweep = time.monotonic() + self.settings.sweep_s
+
+    def _follow(self) -> bool:
+        """One round over the followed tables; True when a table had a full batch."""
+        full = False
+        readers = (
+            ("outcome_log", self.store.outcome_rows, self._outcome),
+            ("status_events", self.store.status_rows, self._status),
+            ("batches", self.store.batch_rows, self._batch),
+            ("transactions", self.store.txn_rows, self._txn),
+        )
+        moved = False
+        for name, read, handle in readers:
+            tail = self.tails.setdefault(name, Tail(0))
+            rows = read(tail.position, TAIL_BATCH)
+            full = full or len(rows) == TAIL_BATCH
+            before = tail.position
+            for row in tail.take(rows):
+                handle(row)
+            moved = moved or tail.position != before
+        if moved:
+            positions = {name: tail.position for name, tail in self.tails.items()}
+            self.store.save_positions(positions, self.clock())
+        return full
+
+    # --- settlement outcomes ------------------------------------------------------------
+
+    def _outcome(self, row: dict[str, Any]) -> None:
+        outcome = Outcome(row["outcome"])
+        previous = Outcome(row["previous"]) if row["previous"] else None
+        tid, rrn = row["tid"], row["rrn"]
+        now = self.clock()
+        if row["transaction_id"] is not None and tid and rrn:
+            if previous is not None and previous != outcome:
+                cleared = OUTCOME_ALERT.get(previous)
+                if cleared in CLEARED_BY_ANY_CHANGE:
+                    self._resolve(
+                        txn_fingerprint(cleared, tid, rrn),
+                        now,
+                        f"the transaction is now {outcome.value}",
+                    )
+            if row["settlement_id"]:
+                self._resolve(
+                    f"{AlertType.ORPHAN_SETTLEMENT.value}:{row['settlement_id']}",
+                    now,
+                    f"matched to TID {tid} RRN {rrn}",
+                )
+        alert_type = OUTCOME_ALERT.get(outcome)
+        if alert_type is None:
+            return
+        candidate = self._settlement_candidate(alert_type, outcome, row, now)
+        group_id = None
+        if candidate.bank_code and alert_type in BANK_FAILURES:
+            group = self.store.open_alert(f"{AlertType.BANK_OUTAGE.value}:{candidate.bank_code}")
+            group_id = group["alert_id"] if group else None
+        fired = self._fire(candidate, now, group_id=group_id)
+        if fired and candidate.bank_code and alert_type in BANK_FAILURES and group_id is None:
+            self._bank_outage(candidate.bank_code, now)
+
+    def _settlement_candidate(
+        self, alert_type: AlertType, outcome: Outcome, row: dict[str, Any], now: datetime
+    ) -> Candidate:
+        txn = self.store.transaction_by_id(row["transaction_id"]) if row["transaction_id"] else None
+        settlement = (
+            self.store.settlement_by_id(row["settlement_id"]) if row["settlement_id"] else None
+        )
+        tid = (txn or settlement or {}).get("tid") or row["tid"]
+        rrn = (txn or settlement or {}).get("rrn") or row["rrn"]
+        mid = (txn or settlement or {}).get("mid")
+        bank_code = settlement["bank_code"] if settlement else None
+        facts = self._facts(outcome, txn, settlement, bank_code, now)
+        result = classify(facts, self.settings.reason_codes)
+        currency = (txn or settlement or {}).get("currency")
+        amount = self._at_risk(outcome, txn, settlement)
+        details: dict[str, Any] = {
+            "evidence": result.evidence,
+            "outcome": outcome.value,
+            "note": row.get("note"),
+        }
+        if txn is not None:
+            details["transaction"] = {
+                "kind": txn["kind"],
+                "amount": txn["amount"],
+                "expected_net": txn["expected_net"],
+                "pan_masked": txn["pan_masked"],
+                "stan": txn["stan"],
+                "batch": txn["batch"],
+                "terminal_time": txn["terminal_time"].isoformat(),
+                "deadline": txn["deadline"].isoformat() if txn["deadline"] else None,
+            }
+        if settlement is not None:
+            details["settlement"] = {
+                key: settlement[key]
+                for key in ("settlement_id", "status", "net_amount", "reason_code", "reason_text")
+                if settlement[key] is not None
+            }
+        if alert_type is AlertType.ORPHAN_SETTLEMENT:
+            fingerprint = f"{alert_type.value}:{row['settlement_id']}"
+        else:
+            fingerprint = txn_fingerprint(alert_type, tid, rrn)
+        summary = _summary(alert_type, tid, rrn, money(amount, currency), result)
+        return Candidate(
+            type=alert_type,
+            fingerprint=fingerprint,
+            cause=result.cause,
+            summary=summary,
+            tid=tid,
+            mid=mid,
+            rrn=rrn,
+            bank_code=bank_code,
+            amount_at_risk=amount,
+            currency=currency if amount is not None else None,
+            details=details,
+        )
+
+    def _facts(
+        self,
+        outcome: Outcome,
+        txn: dict[str, Any] | None,
+        settlement: dict[str, Any] | None,
+        bank_code: str | None,
+        now: datetime,
+    ) -> Facts:
+        mid = (txn or settlement or {}).get("mid")
+        rule = self.merchants.get(mid) if mid else None
+        terminal = None
+        batch_closed: bool | None = None
+        batch_result = None
+        if txn is not None:
+            window = timedelta(seconds=self.settings.context_window_s)
+            terminal = self.store.terminal_context(txn["tid"], txn["observed_at"], window)
+            batch = self.store.batch(txn["tid"], txn["batch"])
+            batch_closed = batch is not None
+            batch_result = batch["result"] if batch else None
+        failures = 0
+        maintenance = None
+        if bank_code:
+            since = now - timedelta(minutes=self.settings.bank_outage_window_min)
+            failures = len(self.store.recent(_types(BANK_FAILURES), bank_code, since)) + 1
+            maintenance = self.store.maintenance_for(bank_code, now)
+        return Facts(
+            outcome=outcome,
+            reason_code=settlement["reason_code"] if settlement else None,
+            rc=txn["rc"] if txn else None,
+            merchant_status=rule.status if rule else "active",
+            terminal=terminal,
+            batch_closed=batch_closed,
+            batch_result=batch_result,
+            bank_code=bank_code,
+            bank_failures=failures,
+            bank_outage_threshold=self.settings.bank_outage_failures,
+            maintenance=maintenance,
+            expected_net=txn["expected_net"] if txn else None,
+            credited_net=settlement["net_amount"] if settlement else None,
+        )
+
+    @staticmethod
+    def _at_risk(
+        outcome: Outcome, txn: dict[str, Any] | None, settlement: dict[str, Any] | None
+    ) -> int | None:
+        """The merchant's money this alert is about."""
+        expected: int | None = txn["expected_net"] if txn else None
+        credited: int | None = settlement["net_amount"] if settlement else None
+        if outcome is Outcome.MISMATCH and expected is not None and credited is not None:
+            return abs(expected - credited)
+        if outcome in (Outcome.DUPLICATE, Outcome.ORPHAN, Outcome.REVERSED_BUT_SETTLED):
+            return credited
+        return expected if expected is not None else credited
+
+    def _bank_outage(self, bank_code: str, now: datetime) -> None:
+        """Gather the failures at one bank into a BANK_OUTAGE once there are enough."""
+        since = now - timedelta(minutes=self.settings.bank_outage_window_min)
+        members = [
+            row
+            for row in self.store.recent(_types(BANK_FAILURES), bank_code, since)
+            if row["status"] != "resolved"
+        ]
+        if len(members) < self.settings.bank_outage_failures:
+            return
+        at_risk = sum(row["amount_at_risk"] or 0 for row in members)
+        currency = next((row["currency"] for row in members if row["currency"]), None)
+        window = self.settings.bank_outage_window_min
+        candidate = Candidate(
+            type=AlertType.BANK_OUTAGE,
+            fingerprint=f"{AlertType.BANK_OUTAGE.value}:{bank_code}",
+            cause=Cause.BANK_SYSTEM,
+            summary=f"Bank {bank_code}: {len(members)} settlement failures within "
+            f"{window:g} min, {money(at_risk, currency)} not credited",
+            bank_code=bank_code,
+            amount_at_risk=at_risk if currency else None,
+            currency=currency,
+            details={
+                "evidence": [f"{len(members)} failures at bank {bank_code} within {window:g} min"],
+                "failures": len(members),
+                "members": [row["alert_id"] for row in members],
+            },
+        )
+        group = self._fire(candidate, now)
+        if group is not None:
+            self.store.join_group(group["alert_id"], [row["alert_id"] for row in members], now)
+
+    # --- terminal status, batches, transactions -----------------------------------------
+
+    def _status(self, row: dict[str, Any]) -> None:
+        tid, at = row["tid"], row["observed_at"]
+        if tid not in self.last_seen or at >= self.last_seen[tid]:
+            self.last_seen[tid] = at
+        now = self.clock()
+        self._resolve(
+            f"{AlertType.TERMINAL_OFFLINE.value}:{tid}", now, "the terminal reports again"
+        )
+        if self.links.feed(tid, row["link_up"], row["saf_pending"], at):
+            self._resolve(
+                f"{AlertType.HOST_LINK_DOWN.value}:{tid}",
+                now,
+                f"LINK=UP, SAF {row['saf_pending']}",
+            )
+
+    def _batch(self, row: dict[str, Any]) -> None:
+        tid, batch, now = row["tid"], row["batch"], self.clock()
+        self._resolve(
+            f"{AlertType.BATCH_NOT_CLOSED.value}:{tid}:{batch}", now, "the batch was closed"
+        )
+        fingerprint = f"{AlertType.BATCH_UNBALANCED.value}:{tid}:{batch}"
+        if row["result"] == "OK":
+            self._resolve(fingerprint, now, "the batch closed balanced")
+            return
+        self._fire(
+            Candidate(
+                type=AlertType.BATCH_UNBALANCED,
+                fingerprint=fingerprint,
+                cause=Cause.OPERATOR,
+                summary=f"Batch {batch} of TID {tid} closed {row['result']}: "
+                f"{row['count']} transactions, {money(row['total'], row['currency'])}",
+                tid=tid,
+                mid=row["mid"],
+                amount_at_risk=row["total"],
+                currency=row["currency"],
+                details={
+                    "evidence": [f"BAT RESULT={row['result']} from the terminal"],
+                    "batch": batch,
+                    "count": row["count"],
+                    "total": row["total"],
+                },
+            ),
+            now,
+        )
+
+    def _txn(self, row: dict[str, Any]) -> None:
+        declined = not row["approved"]
+        for key, label in ((row["tid"], "TID"), (row["mid"], "MID")):
+            change = self.declines.feed(f"{label}:{key}", declined)
+            if change is None:
+                continue
+            state, rate, baseline = change
+            fingerprint = f"{AlertType.DECLINE_SPIKE.value}:{label}:{key}"
+            now = self.clock()
+            if state == "end":
+                self._resolve(fingerprint, now, f"decline rate back to {rate:.0%}")
+                continue
+            window = self.settings.decline_window
+            self._fire(
+                Candidate(
+                    type=AlertType.DECLINE_SPIKE,
+                    fingerprint=fingerprint,
+                    cause=Cause.UNKNOWN,
+                    summary=f"{label} {key}: {rate:.0%} of the last {window} transactions "
+                    f"declined (baseline {baseline:.0%})",
+                    tid=row["tid"] if label == "TID" else None,
+                    mid=row["mid"],
+                    details={
+                        "evidence": [
+                            f"decline rate {rate:.0%} over the last {window} transactions, "
+                            f"against {baseline:.0%} before"
+                        ],
+                        "rate": round(rate, 4),
+                        "baseline": round(baseline, 4),
+                        "last_rc": row["rc"],
+                    },
+                ),
+                now,
+            )
+
+    # --- the sweep ----------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """What time alone decides."""
+        self.open = self.store.open_fingerprints()
+        now = self.clock()
+        wall = datetime.now(UTC)
+        self._offline(now, wall)
+        for tid, since in self.links.due(wall, self.settings.link_down_s):
+            link_up, saf = self.links.last.get(tid, (True, 0))
+            trouble = "LINK=DOWN" if not link_up else f"SAF backlog {saf}"
+            self._fire(
+                Candidate(
+                    type=AlertType.HOST_LINK_DOWN,
+                    fingerprint=f"{AlertType.HOST_LINK_DOWN.value}:{tid}",
+                    cause=Cause.NETWORK,
+                    summary=f"TID {tid}: {trouble} since {since.isoformat(timespec='seconds')}",
+                    tid=tid,
+                    details={
+                        "evidence": [f"the terminal reports {trouble}"],
+                        "since": since.isoformat(),
+                        "saf_pending": saf,
+                        "link_up": link_up,
+                    },
+                ),
+                now,
+            )
+        if time.monotonic() >= self._next_batch_sweep:
+            self._unclosed_batches(now)
+            self._next_batch_sweep = time.monotonic() + BATCH_SWEEP_EVERY_S
+        self._outages_over(now)
+        for row in self.store.renotify_due(timedelta(minutes=self.settings.renotify_min)):
+            logger.info(
+                "alert %s (%s) still unacknowledged: notified again", row["alert_id"], row["type"]
+            )
+            self.on_queued()
+
+    def _offline(self, now: datetime, wall: datetime) -> None:
+        timeout = timedelta(seconds=self.settings.heartbeat_timeout_s)
+        silent = {tid: seen for tid, seen in self.last_seen.items() if wall - seen > timeout}
+        offline_agents = self.store.offline_agents()
+        for offline in offline_agents:
+            for tid in offline["tids"]:
+                silent.setdefault(tid, offline["observed_at"])
+        for tid, seen in silent.items():
+            agent: dict[str, Any] | None = next(
+                (a for a in offline_agents if tid in a["tids"]), None
+            )
+            evidence = (
+                [f"agent {agent['agent_id']} went offline (its MQTT will)"]
+                if agent
+                else [f"no status or heartbeat for {int((wall - seen).total_seconds())} s"]
+            )
+            self._fire(
+                Candidate(
+                    type=AlertType.TERMINAL_OFFLINE,
+                    fingerprint=f"{AlertType.TERMINAL_OFFLINE.value}:{tid}",
+                    cause=Cause.NETWORK,
+                    summary=f"TID {tid} offline: last heard {seen.isoformat(timespec='seconds')}",
+                    tid=tid,
+                    details={"evidence": evidence, "last_seen": seen.isoformat()},
+                ),
+                now,
+            )
+
+    def _unclosed_batches(self, now: datetime) -> None:
+        """BATCH_NOT_CLOSED: approved transactions with no BAT by their cut-off."""
+        for row in self.store.unclosed_batches():
+            rule = self.merchants.get(row["mid"])
+            cutoff_time = (rule.cutoff if rule and rule.cutoff else None) or (
+                self.config.settlement.cutoff
+            )
+            first = row["first_time"].astimezone(self.zone)
+            cutoff = datetime.combine(first.date(), cutoff_time, self.zone)
+            if cutoff <= first:
+                cutoff += timedelta(days=1)
+            if now < cutoff:
+                continue
+            self._fire(
+                Candidate(
+                    type=AlertType.BATCH_NOT_CLOSED,
+                    fingerprint=f"{AlertType.BATCH_NOT_CLOSED.value}:{row['tid']}:{row['batch']}",
+                    cause=Cause.OPERATOR,
+                    summary=f"Batch {row['batch']} of TID {row['tid']} not closed by "
+                    f"{cutoff.isoformat(timespec='minutes')}: {row['count']} approved "
+                    f"transactions, {money(row['total'], row['currency'])} waiting",
+                    tid=row["tid"],
+                    mid=row["mid"],
+                    amount_at_risk=row["total"],
+                    currency=row["currency"],
+                    details={
+                        "evidence": ["no BAT from the terminal for this batch by the cut-off"],
+                        "batch": row["batch"],
+                        "count": row["count"],
+                        "cutoff": cutoff.isoformat(),
+                    },
+                ),
+                now,
+            )
+
+    def _outages_over(self, now: datetime) -> None:
+        window = timedelta(minutes=self.settings.bank_outage_window_min)
+        for group in self.store.open_of_type(AlertType.BANK_OUTAGE.value):
+            recent = self.store.recent(_types(BANK_FAILURES), group["bank_code"], now - window)
+            if not recent:
+                minutes = window.total_seconds() / 60
+                note = f"no failure at bank {group['bank_code']} for {minutes:g} min"
+                self._resolve(group["fingerprint"], now, note)
+
+    # --- firing and resolving -----------------------------------------------------------
+
+    def _fire(
+        self, candidate: Candidate, now: datetime, *, group_id: str | None = None
+    ) -> dict[str, Any] | None:
+        if candidate.fingerprint in self.open:
+            return None
+        silence = self.store.silence_for(candidate, now)
+        row = self.store.fire(candidate, now, silence=silence, group_id=group_id)
+        self.open.add(candidate.fingerprint)
+        if row is not None:
+            self.fired += 1
+            logger.warning(
+                "alert %s %s (%s): %s%s",
+                candidate.type.value,
+                row["alert_id"],
+                candidate.cause.value,
+                candidate.summary,
+                f" [muted: {silence.reason}]" if silence else "",
+            )
+            self.on_queued()
+        return row
+
+    def _resolve(self, fingerprint: str, now: datetime, note: str) -> None:
+        if fingerprint not in self.open:
+            return
+        self.open.discard(fingerprint)
+        row = self.store.resolve(fingerprint, now, note)
+        if row is not None:
+            self.resolved += 1
+            logger.info("alert %s %s resolved: %s", row["type"], row["alert_id"], note)
+            self.on_queued()
+
+
+def _types(types: Iterable[AlertType]) -> list[str]:
+    return [alert_type.value for alert_type in types]
+
+
+def _summary(alert_type: AlertType, tid: str, rrn: str, amount: str, result: Classification) -> str:
+    what = {
+        AlertType.SETTLEMENT_FAILED: f"settlement failed, {amount} not credited",
+        AlertType.SETTLEMENT_RETURNED: f"credit of {amount} returned",
+        AlertType.SETTLEMENT_OVERDUE: f"{amount} not credited by its deadline",
+        AlertType.AMOUNT_MISMATCH: f"credited amount differs by {amount}",
+        AlertType.DUPLICATE_SETTLEMENT: f"credited twice, {amount} extra",
+        AlertType.ORPHAN_SETTLEMENT: f"settlement of {amount} matches no transaction",
+        AlertType.REVERSED_BUT_SETTLED: f"voided or reversed, yet {amount} credited",
+    }[alert_type]
+    return f"TID {tid} RRN {rrn}: {what} (cause {result.cause.value})"
