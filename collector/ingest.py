@@ -3,6 +3,12 @@
 The client runs with manual acknowledgement: a message is acked after the database
 transaction holding it has committed, so a collector killed at any moment loses nothing:
 the broker redelivers what was not acked, and the store drops the repeats by event id.
+
+Batches are stored by one worker thread while this thread goes on receiving the next:
+the database's own work (SQLite's B-trees and WAL, PostgreSQL's round trips) runs without
+the GIL, so it overlaps with MQTT and validation instead of adding to them. One batch is
+stored at a time, in the order received; its acks, dead-letter publishes and outcome
+changes happen here, after its commit.
 A payload that is not a valid contract message for its topic is dead-lettered (stored,
 published on the dead-letter topic, counted) and acked: it would never become valid.
 """
@@ -14,6 +20,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from collector.config import IngestSection
@@ -34,6 +42,9 @@ from posmon.wire.models import (
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT_S = 0.01
+# While a batch is being stored: how long network I/O may wait for data before the
+# batch's commit is looked at again (its acks wait at most this long).
+STORING_LOOP_TIMEOUT_S = 0.001
 
 
 def subscriptions(topics: Topics, shared_group: str | None) -> dict[str, type[WireMessage]]:
@@ -69,6 +80,16 @@ def _model_for(topic: str, topics: Topics) -> type[WireMessage] | None:
     return None
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Messages handed to the store, with what their commit is awaited by."""
+
+    messages: list[Message]
+    valid: list[WireMessage]
+    letters: list[DeadLetter]
+    stored: Future[IngestReport]
+
+
 class Ingestor:
     """One MQTT session feeding the store; runs in the thread that calls `run()`."""
 
@@ -93,37 +114,57 @@ class Ingestor:
         self.last_lag_s: float | None = None
         self._pending: list[Message] = []
         self._oldest = 0.0
+        self._storing: _Batch | None = None
+        self._worker: ThreadPoolExecutor | None = None
         client.on_message = self._received
         client.on_connected = self._connected
 
     def run(self, stop: threading.Event) -> None:
         """Receive and store until `stop` is set; what is pending is stored and acked."""
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:
-                # One bad turn must not end ingest: what was not acked comes again.
-                logger.exception("ingest: unexpected error; carrying on")
-                stop.wait(LOOP_TIMEOUT_S * 10)
-            if not self.client.connected and not self._pending:
-                stop.wait(LOOP_TIMEOUT_S * 5)
-        self.flush()
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except Exception:
+                    # One bad turn must not end ingest: what was not acked comes again.
+                    logger.exception("ingest: unexpected error; carrying on")
+                    stop.wait(LOOP_TIMEOUT_S * 10)
+                if not self.client.connected and not self._pending and self._storing is None:
+                    stop.wait(LOOP_TIMEOUT_S * 5)
+            self.flush()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
         self.client.disconnect()
 
     def step(self) -> None:
-        """One turn: connect if due, network I/O, flush a full or old batch."""
+        """One turn: connect if due, network I/O, finish a stored batch, hand on the next."""
         self.client.connect_when_due()
-        self.client.loop(LOOP_TIMEOUT_S)
-        if self._pending and (
-            len(self._pending) >= self.settings.batch_size
-            or time.monotonic() - self._oldest >= self.settings.batch_wait_ms / 1000
+        self.client.loop(LOOP_TIMEOUT_S if self._storing is None else STORING_LOOP_TIMEOUT_S)
+        if self._storing is not None and self._storing.stored.done():
+            self._finish(self._storing)
+        if (
+            self._storing is None
+            and self._pending
+            and (
+                len(self._pending) >= self.settings.batch_size
+                or time.monotonic() - self._oldest >= self.settings.batch_wait_ms / 1000
+            )
         ):
-            self.flush()
+            self._storing = self._submit()
 
     def flush(self) -> IngestReport | None:
-        """Validate and store the pending messages in one transaction, then ack them."""
-        if not self._pending:
-            return None
+        """Store what is pending and wait for it: acked (or, failing, left unacked) on return."""
+        report = None
+        if self._storing is not None:
+            report = self._finish(self._storing)
+        if self._pending:
+            report = self._finish(self._submit())
+        return report
+
+    def _submit(self) -> _Batch:
+        """Validate the pending messages and hand them to the worker, to store in one go."""
         batch, self._pending = self._pending, []
         valid: list[WireMessage] = []
         letters: list[DeadLetter] = []
@@ -135,20 +176,32 @@ class Ingestor:
             ):
                 letters.append(parsed)
             valid.append(parsed)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
+        stored = self._worker.submit(self.store.ingest, valid, "mqtt")
+        return _Batch(batch, valid, letters, stored)
+
+    def _finish(self, batch: _Batch) -> IngestReport | None:
+        """Wait for a batch's commit, then ack it, publish its dead letters, report it."""
+        self._storing = None
         try:
-            report = self.store.ingest(valid, source="mqtt")
+            report = batch.stored.result()
         except Exception:
-            # Nothing is acked: the broker redelivers the batch after a reconnect.
-            logger.exception("could not store a batch of %d messages; reconnecting", len(batch))
+            # Nothing is acked: the broker redelivers the batch after a reconnect, and what
+            # came after it too (received, not yet stored: dropped here, as never acked).
+            logger.exception(
+                "could not store a batch of %d messages; reconnecting", len(batch.messages)
+            )
+            self._pending = []
             self.client.disconnect()
             return None
-        for message in batch:
+        for message in batch.messages:
             self.client.ack(message)
-        for letter in letters:
+        for letter in batch.letters:
             self.client.publish(self.topics.deadletter, letter.to_json())
-        self._count(report, batch, letters)
+        self._count(report, batch.messages, batch.letters)
         observed = [
-            m.observed_at for m in valid if isinstance(m, TxnEvent | StatusEvent | BatchEvent)
+            m.observed_at for m in batch.valid if isinstance(m, TxnEvent | StatusEvent | BatchEvent)
         ]
         if observed:
             self.last_lag_s = (datetime.now(UTC) - max(observed)).total_seconds()
