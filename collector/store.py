@@ -30,6 +30,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Connection,
+    Date,
     Engine,
     RowMapping,
     String,
@@ -56,6 +57,7 @@ from collector.correlate import (
     judge,
 )
 from collector.schema import (
+    UtcDateTime,
     batches,
     collectors,
     deadletters,
@@ -87,6 +89,7 @@ _CANCEL_KINDS = [kind.value for kind in CANCELS]
 _KEYS_PER_QUERY = 1000
 # Parameters per multi-row INSERT: within SQLite's 32,766 and PostgreSQL's 65,535.
 _PARAMETERS_PER_STATEMENT = 16_000
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,9 @@ class Store:
         self._reads = _engine(url, writer=False) if url.startswith("sqlite") else self.engine
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._insert_sqls: dict[tuple[str, tuple[str, ...], int, str | None], str] = {}
+        self._converter_cache: dict[
+            tuple[str, tuple[str, ...]], list[tuple[int, Callable[[Any], Any]]]
+        ] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -775,69 +781,86 @@ class Store:
     ) -> list[Any]:
         """Insert many rows (same keys, scalar values), skipping conflicts; returns `returning`.
 
-        Multi-row `INSERT ... ON CONFLICT DO NOTHING` statements at the driver, values
-        converted by the columns' own bind processors, so the rows are those an executemany
-        through SQLAlchemy would write, for a fraction of its per-row Python time (what a
-        million-row settlement file mostly spends).
+        Values are converted as the columns' bind processors would (the hot types by
+        `_fast_converter`), so the rows are those an executemany through SQLAlchemy would
+        write, for a fraction of its per-row Python time (what a million-row settlement
+        file, or an ingest batch, mostly spends): multi-row `INSERT ... ON CONFLICT DO
+        NOTHING` statements at the driver.
         """
         if not rows:
             return []
-        names = list(rows[0])
-        dialect = conn.dialect
-        # (position, bind processor, values converted so far: times repeat a lot)
-        convert: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = []
-        for index, name in enumerate(names):
-            processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if processor is not None:
-                convert.append((index, processor, {}))
+        names = tuple(rows[0])
+        converters = self._converters(table, names)
         take = operator.itemgetter(*names)
+        one = len(names) == 1
         per_statement = max(1, _PARAMETERS_PER_STATEMENT // len(names))
+        # Values converted so far, per column: times and dates repeat a lot in a batch.
+        done: list[dict[Any, Any]] = [{} for _ in converters]
         returned: list[Any] = []
         for part in _slices(rows, per_statement):
             flat: list[list[Any]] = []
             for row in part:
-                values = list(take(row)) if len(names) > 1 else [take(row)]
-                for index, bind, done in convert:
+                values = [take(row)] if one else list(take(row))
+                for (index, convert), converted in zip(converters, done, strict=True):
                     value = values[index]
                     try:
-                        values[index] = done[value]
-                    except KeyError:
-                        values[index] = done[value] = bind(value)
+                        new = converted.get(value, _MISSING)
                     except TypeError:  # unhashable: a JSON column's dict
-                        values[index] = bind(value)
+                        values[index] = convert(value)
+                        continue
+                    if new is _MISSING:
+                        new = converted[value] = convert(value)
+                    values[index] = new
                 flat.append(values)
             if self.is_postgres:
-                # One array per column: the statement text stays the same whatever the
-                # number of rows (psycopg parses a long VALUES list anew every time).
-                sql = self._insert_sql(table, tuple(names), 0, returning)
-                parameters = tuple(list(column) for column in zip(*flat, strict=True))
+                sql = self._insert_sql(table, names, 0, returning)
+                parameters: tuple[Any, ...] = tuple(
+                    list(column) for column in zip(*flat, strict=True)
+                )
             else:
-                sql = self._insert_sql(table, tuple(names), len(part), returning)
+                sql = self._insert_sql(table, names, len(part), returning)
                 parameters = tuple(itertools.chain.from_iterable(flat))
             result = conn.exec_driver_sql(sql, parameters)
             if returning is not None:
-                returned.extend(row[0] for row in result)
+                returned.extend(result.scalars())
         return returned
+
+    def _converters(
+        self, table: Table, names: tuple[str, ...]
+    ) -> list[tuple[int, Callable[[Any], Any]]]:
+        """(position, converter) of the columns whose values need converting for the driver."""
+        shape = (table.name, names)
+        if shape not in self._converter_cache:
+            dialect = self.engine.dialect
+            found = []
+            for index, name in enumerate(names):
+                column_type = table.c[name].type
+                convert = _fast_converter(column_type, dialect.name)
+                if convert is None:
+                    convert = column_type.dialect_impl(dialect).bind_processor(dialect)
+                if convert is not None:
+                    found.append((index, convert))
+            self._converter_cache[shape] = found
+        return self._converter_cache[shape]
 
     def _insert_sql(
         self, table: Table, names: tuple[str, ...], count: int, returning: str | None
     ) -> str:
         shape = (table.name, names, count, returning)
         if shape not in self._insert_sqls:
-            quote = self.engine.dialect.identifier_preparer.quote
-            marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}[
-                self.engine.dialect.paramstyle
-            ]
-            one = "(" + ", ".join([marker] * len(names)) + ")"
+            dialect = self.engine.dialect
+            quote = dialect.identifier_preparer.quote
             columns = ", ".join(quote(name) for name in names)
             if self.is_postgres:
+                # One array per column: the statement text stays the same whatever the
+                # number of rows (psycopg parses a long VALUES list anew every time).
                 # %b: psycopg sends the arrays in binary, without quoting every element.
                 arrays = ", ".join(
-                    f"%b::{table.c[name].type.compile(dialect=self.engine.dialect)}[]"
-                    for name in names
+                    f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in names
                 )
                 source = f"SELECT * FROM unnest({arrays})"  # noqa: S608 - see below
             else:
+                one = "(" + ", ".join(["?"] * len(names)) + ")"
                 source = f"VALUES {', '.join([one] * count)}"
             # Identifiers and types come from the schema; every value is a bound parameter.
             sql = f"INSERT INTO {quote(table.name)} ({columns}) {source} ON CONFLICT DO NOTHING"
@@ -893,6 +916,48 @@ def _engine(url: str, *, writer: bool = True) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _utc(value: datetime) -> datetime:
+    # As UtcDateTime.process_bind_param: aware times only, kept in UTC.
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: posmon stores aware times only")
+    return value.astimezone(UTC)
+
+
+def _sqlite_utc(value: datetime | None) -> str | None:
+    """UtcDateTime for SQLite: naive UTC in SQLAlchemy's DATETIME storage format."""
+    if value is None:
+        return None
+    # "+00:00" cut off: the naive UTC time's text, without building that datetime.
+    return _utc(value).isoformat(" ", "microseconds")[:-6]
+
+
+def _sqlite_date(value: date | None) -> str | None:
+    """Date for SQLite, in SQLAlchemy's DATE storage format."""
+    if value is None:
+        return None
+    if type(value) is not date:
+        raise TypeError(f"a date column got {type(value).__name__}")
+    return value.isoformat()
+
+
+def _postgres_utc(value: datetime | None) -> datetime | None:
+    """UtcDateTime for PostgreSQL: the aware time in UTC."""
+    return None if value is None else _utc(value)
+
+
+def _fast_converter(column_type: Any, dialect: str) -> Callable[[Any], Any] | None:
+    """A converter doing what the column type's bind processing does, in a tenth of the time.
+
+    SQLAlchemy's own chain (TypeDecorator, then the dialect's processor) costs about 2 us a
+    value; a batch has four times a row. Anything not listed keeps SQLAlchemy's processor.
+    """
+    if isinstance(column_type, UtcDateTime):
+        return _sqlite_utc if dialect == "sqlite" else _postgres_utc
+    if dialect == "sqlite" and type(column_type) is Date:
+        return _sqlite_date
+    return None
 
 
 def _txn_row(txn: TxnEvent, local_date: Any, now: datetime) -> dict[str, Any]:

@@ -793,3 +793,33 @@ def test_each_overdue_is_reported_once_when_two_stores_claim_at_once(database_ur
     finally:
         for instance in stores:
             instance.close()
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_fast_converters_write_what_sqlalchemy_would(dialect_name: str) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from collector.store import _fast_converter
+
+    dialect = sqlite.dialect() if dialect_name == "sqlite" else postgresql.psycopg.dialect()
+    times = [
+        datetime(2026, 11, 25, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai")),
+        datetime(2026, 11, 25, 2, 30, 0, 1, tzinfo=ZoneInfo("UTC")),
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=ZoneInfo("UTC")),
+        None,
+    ]
+    for column, values in (
+        (transactions.c.terminal_time, times),
+        (transactions.c.txn_date, [date(2026, 11, 25), date(12, 1, 1), None]),
+    ):
+        fast = _fast_converter(column.type, dialect_name)
+        slow = column.type.dialect_impl(dialect).bind_processor(dialect)
+        if fast is None:
+            continue
+        for value in values:
+            expected = slow(value) if slow is not None else value
+            assert fast(value) == expected
+    fast = _fast_converter(transactions.c.terminal_time.type, dialect_name)
+    assert fast is not None
+    with pytest.raises(ValueError, match="naive"):
+        fast(datetime(2026, 11, 25, 10, 30))  # noqa: DTZ001 - the case refused
