@@ -55,10 +55,24 @@ class Publisher:
         client.on_connected = self._connected
         client.on_published = self._published
 
-    def run(self, stop: threading.Event, drain_s: float = 2.0) -> None:
-        """Publish until `stop` is set, then give in-flight events `drain_s` to be acked."""
+    def run(
+        self,
+        stop: threading.Event,
+        drain_s: float = 2.0,
+        *,
+        every: tuple[float, Callable[[], None]] | None = None,
+    ) -> None:
+        """Publish until `stop` is set, then give in-flight events `drain_s` to be acked.
+
+        `every=(seconds, duty)` calls `duty` every so often from this loop (the agent's
+        stats line), so that it needs no thread of its own.
+        """
+        next_duty = time.monotonic() + every[0] if every else float("inf")
         while not stop.is_set():
             try:
+                if every and time.monotonic() >= next_duty:
+                    next_duty += every[0]
+                    every[1]()
                 busy = self.step()
             except Exception:
                 # One bad turn must not end publishing: the outbox keeps everything.

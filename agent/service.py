@@ -50,6 +50,12 @@ class Agent:
             port.name: set(port.tids) for port in config.ports
         }
         self._lock = threading.Lock()
+        # The wire models build their validators on first use; build the ones the agent
+        # makes here, on the main thread, before the readers start. Built in a reader, the
+        # schema-building garbage would grow that thread's own malloc arena instead of
+        # being reused (about 0.2 MB of the 40 MB budget).
+        for model in (TxnEvent, StatusEvent, BatchEvent, DeadLetter, PresenceEvent):
+            model.model_rebuild()
         last_frames = self.outbox.last_frames()
         self.readers = []
         for port in config.ports:
@@ -164,7 +170,11 @@ class Agent:
     # --- running ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Run until `stop` is set; then drain what is in flight and say goodbye."""
+        """Run until `stop` is set; then drain what is in flight and say goodbye.
+
+        The publisher works on the calling thread (one thread and one malloc arena fewer
+        on a small box) and logs the stats line every `STATS_EVERY_S`.
+        """
         threads = [
             threading.Thread(
                 target=reader.run, args=(stop,), name=f"port-{reader.name}", daemon=True
@@ -173,10 +183,6 @@ class Agent:
         ]
         for thread in threads:
             thread.start()
-        publisher = threading.Thread(
-            target=self.publisher.run, args=(stop,), name="publisher", daemon=True
-        )
-        publisher.start()
         logger.info(
             "agent %s running: %d port(s), outbox %s (%d waiting), broker %s:%s",
             self.agent_id,
@@ -186,13 +192,14 @@ class Agent:
             self.config.mqtt.host,
             self.config.mqtt.port,
         )
-        while not stop.wait(STATS_EVERY_S):
-            logger.info("stats %s", self.stats())
+        self.publisher.run(stop, every=(STATS_EVERY_S, self._log_stats))
         for thread in threads:
             thread.join(timeout=2)
-        publisher.join(timeout=5)
         logger.info("agent %s stopped; stats %s", self.agent_id, self.stats())
         self.outbox.close()
+
+    def _log_stats(self) -> None:
+        logger.info("stats %s", self.stats())
 
 
 def serve(config: Path | None) -> None:
