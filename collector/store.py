@@ -85,6 +85,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MONEY_KINDS = [kind.value for kind in EXPECTS_MONEY]
 _CANCEL_KINDS = [kind.value for kind in CANCELS]
+_ORPHAN = Outcome.ORPHAN.value
 # Keys per matching query: bounds the size of one statement's parameters and results.
 _KEYS_PER_QUERY = 1000
 # Parameters per multi-row INSERT: within SQLite's 32,766 and PostgreSQL's 65,535.
@@ -629,8 +630,8 @@ class Store:
         return {
             "transaction_id": txn_id,
             "settlement_id": change.settlement_id,
-            "outcome": change.outcome.value,
-            "previous": change.previous.value if change.previous else None,
+            "outcome": change.outcome._value_,
+            "previous": change.previous._value_ if change.previous else None,
             "at": change.at,
             "collector_id": self.collector_id,
             "note": note or None,
@@ -992,9 +993,10 @@ def _settlement_row(result: SettlementEvent, source: str, now: datetime) -> dict
     # The model's fields as validated (its __dict__: a tenth of the time of getattr each).
     row = vars(result).copy()
     del row["schema_"]
-    row["status"] = result.status.value
-    row["kind"] = result.kind.value
-    row.update(source=source, received_at=now, transaction_id=None, outcome=Outcome.ORPHAN.value)
+    # `_value_`: the member's value without the enum property's lookup (a million rows).
+    row["status"] = result.status._value_
+    row["kind"] = result.kind._value_
+    row.update(source=source, received_at=now, transaction_id=None, outcome=_ORPHAN)
     return row
 
 
