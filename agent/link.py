@@ -96,7 +96,9 @@ class PortReader:
 
     def _serve(self, port: SerialPort, stop: threading.Event) -> None:
         while not stop.is_set():
-            data = port.read(max(1, port.in_waiting))
+            data = port.read(1)  # waits for a byte, at most READ_TIMEOUT_S
+            if data and (waiting := port.in_waiting):
+                data += port.read(waiting)  # the rest of what came: a frame, usually
             now = self.clock()
             if not data:
                 self.codec.expire(now)

@@ -107,9 +107,6 @@ class Publisher:
         Returns False while there is no connection (the caller waits a little).
         """
         self.client.connect_when_due()
-        # Waiting for PUBACKs: block on the socket a little. Otherwise just do what is due.
-        if not self.client.loop(LOOP_TIMEOUT_S if self._handed else 0.0):
-            return False
         if self.client.connected:
             if self.presence_stale.is_set():
                 self.presence_stale.clear()
@@ -118,6 +115,11 @@ class Publisher:
             if self.outbox_changed.is_set() or self._more:
                 self.outbox_changed.clear()
                 self._hand_over()
+        # Waiting for PUBACKs, those of what was just handed over included: block on the
+        # socket a little, so that one turn (one wake-up) carries an event through.
+        # Otherwise just do what is due.
+        if not self.client.loop(LOOP_TIMEOUT_S if self._handed else 0.0):
+            return False
         now = time.monotonic()
         if self._acked and now - self._last_remove >= REMOVE_EVERY_S:
             self._flush_removes()
