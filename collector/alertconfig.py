@@ -45,7 +45,7 @@ class AlertsSection(Section):
         10, ge=1, description="SAF backlog (offline transactions) that counts as link trouble."
     )
     context_window_s: float = Field(
-        600.0, gt=0, description="Terminal status this close to a transaction is its context."
+        120.0, gt=0, description="Terminal status this close to a transaction is its context."
     )
     bank_outage_failures: int = Field(
         3, ge=2, description="BANK_OUTAGE when this many failures hit one bank ..."

@@ -40,6 +40,8 @@ from posmon.wire.models import Cause
 
 logger = logging.getLogger(__name__)
 
+# Causes that a cluster of failures at one bank can stand for.
+BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value, Cause.UNKNOWN.value})
 # A gap in a followed table's ids (a transaction that took an id and has not committed
 # yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
 GAP_WAIT_S = 10.0
@@ -223,12 +225,18 @@ class AlertEngine:
         if alert_type is None:
             return
         candidate = self._settlement_candidate(alert_type, outcome, row, now)
+        # A failure about the merchant or its account says nothing about the bank.
+        at_bank = (
+            candidate.bank_code is not None
+            and alert_type in BANK_FAILURES
+            and candidate.cause in BANK_CAUSES
+        )
         group_id = None
-        if candidate.bank_code and alert_type in BANK_FAILURES:
+        if at_bank:
             group = self.store.open_alert(f"{AlertType.BANK_OUTAGE.value}:{candidate.bank_code}")
             group_id = group["alert_id"] if group else None
         fired = self._fire(candidate, now, group_id=group_id)
-        if fired and candidate.bank_code and alert_type in BANK_FAILURES and group_id is None:
+        if fired and at_bank and group_id is None and candidate.bank_code:
             self._bank_outage(candidate.bank_code, now)
 
     def _settlement_candidate(
@@ -310,7 +318,7 @@ class AlertEngine:
         maintenance = None
         if bank_code:
             since = now - timedelta(minutes=self.settings.bank_outage_window_min)
-            failures = len(self.store.recent(_types(BANK_FAILURES), bank_code, since)) + 1
+            failures = len(self._bank_failures(bank_code, since)) + 1
             maintenance = self.store.maintenance_for(bank_code, now)
         return Facts(
             outcome=outcome,
@@ -345,9 +353,7 @@ class AlertEngine:
         """Gather the failures at one bank into a BANK_OUTAGE once there are enough."""
         since = now - timedelta(minutes=self.settings.bank_outage_window_min)
         members = [
-            row
-            for row in self.store.recent(_types(BANK_FAILURES), bank_code, since)
-            if row["status"] != "resolved"
+            row for row in self._bank_failures(bank_code, since) if row["status"] != "resolved"
         ]
         if len(members) < self.settings.bank_outage_failures:
             return
@@ -372,6 +378,11 @@ class AlertEngine:
         group = self._fire(candidate, now)
         if group is not None:
             self.store.join_group(group["alert_id"], [row["alert_id"] for row in members], now)
+
+    def _bank_failures(self, bank_code: str, since: datetime) -> list[dict[str, Any]]:
+        """Failures at one bank since `since` that may be the bank's doing."""
+        rows = self.store.recent(_types(BANK_FAILURES), bank_code, since)
+        return [row for row in rows if row["cause"] in BANK_CAUSES]
 
     # --- terminal status, batches, transactions -----------------------------------------
 
@@ -558,8 +569,7 @@ class AlertEngine:
     def _outages_over(self, now: datetime) -> None:
         window = timedelta(minutes=self.settings.bank_outage_window_min)
         for group in self.store.open_of_type(AlertType.BANK_OUTAGE.value):
-            recent = self.store.recent(_types(BANK_FAILURES), group["bank_code"], now - window)
-            if not recent:
+            if not self._bank_failures(group["bank_code"], now - window):
                 minutes = window.total_seconds() / 60
                 note = f"no failure at bank {group['bank_code']} for {minutes:g} min"
                 self._resolve(group["fingerprint"], now, note)

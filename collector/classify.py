@@ -14,7 +14,9 @@ evidence first:
    was credited anyway was mishandled (OPERATOR); a settlement that never came although
    the terminal was online and its batch closed is late on the bank's side (BANK_SYSTEM).
 
-Anything else is UNKNOWN. The evidence is a list of plain sentences for the alert's details.
+A settlement that matches no transaction (ORPHAN) has no context: UNKNOWN, unless its
+reason code says more. Anything else is UNKNOWN. The evidence is a list of plain
+sentences for the alert's details.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ def classify(  # noqa: PLR0911 - one return per rule, in the order the docstring
         return Classification(cause, evidence)
     if facts.reason_code:
         evidence.append(f"reason code {facts.reason_code} names no cause")
+    if facts.outcome is Outcome.ORPHAN:
+        evidence.append("no transaction matches this settlement: nothing shows why")
+        return Classification(Cause.UNKNOWN, evidence)
     if facts.merchant_status != "active":
         evidence.append(f"merchant status is {facts.merchant_status}")
         return Classification(Cause.MERCHANT_QUALIFICATION, evidence)

@@ -492,3 +492,135 @@ def _set_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@app.command(
+    short_help="Run a scenario file: fleet, agents, collector, acquirer; score the alerts.",
+)
+def scenario(
+    file: Annotated[Path, typer.Argument(metavar="FILE.toml", help="Scenario file.")],
+    score: Annotated[
+        bool,
+        typer.Option(
+            "--score",
+            help="Score the alerts against what was injected; exit 1 when a target is missed.",
+        ),
+    ] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Use this broker (mqtt://host:port) instead of a private mosquitto."),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="Folder for the run's files; default ./runs/NAME."),
+    ] = None,
+) -> None:
+    """Run a scenario: simulated terminals on pseudo-terminals read by `posmon agent run`,
+    the collector and the acquirer simulator on one accelerated clock, the faults the file
+    injects. With --score, the collector's alerts are scored against the ground truth:
+    detection recall, cause accuracy, false alerts, time to alert."""
+    from posmon.config import ConfigError  # noqa: PLC0415
+    from simulators.scenario import ScenarioRun, load_scenario  # noqa: PLC0415
+
+    try:
+        plan = load_scenario(file)
+    except ConfigError as exc:
+        typer.echo(f"scenario error:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+    folder = workdir or Path("runs") / file.stem
+    # Each alert is in the run's database and its score; a log line per alert is noise here.
+    for name, level in (("collector", logging.ERROR), ("simulators", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+    stop = threading.Event()
+    run = ScenarioRun(plan, folder, broker_url=broker, on_tick=_tick, stop=stop)
+    total = plan.time.traffic_s + plan.time.settle_s
+    typer.echo(
+        f"scenario {plan.name!r}: {plan.fleet.terminals} terminals, {total:.0f} s "
+        f"({plan.time.traffic_s:.0f} s trading), virtual time x{plan.time.scale:g} "
+        f"from {plan.time.origin.isoformat(timespec='minutes')}; files in {folder}"
+    )
+    with _set_on_signals(stop):
+        files = run.run()
+    if not score:
+        typer.echo(f"done; database {files.database}, ground truth {files.ground_truth}")
+        return
+    result = score_run(files, plan.time.scale, run.collector.config.alerts.bank_outage_failures)
+    _print_score(result)
+    typer.echo(f"report: {files.report}")
+    if not result.passed():
+        raise typer.Exit(1)
+
+
+_last_tick = [0.0]
+
+
+def _tick(run: Any, elapsed: float) -> None:
+    if (
+        elapsed - _last_tick[0] < 5
+        and elapsed < run.scenario.time.traffic_s + run.scenario.time.settle_s
+    ):
+        return
+    _last_tick[0] = elapsed
+    counts = run.collector.store.counts()
+    alerts = run.collector.alert_store.counts()
+    typer.echo(
+        f"  {elapsed:5.0f} s: {counts.get('transactions', 0)} transactions, "
+        f"{counts.get('settlements', 0)} settlements, "
+        f"{sum(alerts.values())} open alerts"
+    )
+
+
+def score_run(files: Any, scale: float, outage_failures: int) -> Any:
+    """Score a finished run from its files and database; writes report.json."""
+    import json  # noqa: PLC0415
+
+    from sqlalchemy import create_engine  # noqa: PLC0415
+
+    from collector.alertstore import AlertStore  # noqa: PLC0415
+    from simulators.acquirer.files import read_truth  # noqa: PLC0415
+    from simulators.score import score  # noqa: PLC0415
+
+    engine = create_engine(f"sqlite:///{files.database}")
+    try:
+        alerts = AlertStore(engine, "score", []).find(limit=1_000_000)
+    finally:
+        engine.dispose()
+    truth = read_truth(files.ground_truth) if files.ground_truth.exists() else []
+    terminal = read_truth(files.terminal_truth) if files.terminal_truth.exists() else []
+    result = score(truth, terminal, alerts, scale=scale, outage_failures=outage_failures)
+    files.report.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+def _print_score(result: Any) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title="alerts against what was injected")
+    for column in ("alert type", "injected", "detected", "cause right", "time to alert (real s)"):
+        table.add_column(column, justify="right" if column != "alert type" else "left")
+    for name, (expected, detected, right) in result.by_type().items():
+        delays = result.delays_s.get(name)
+        timing = (
+            f"median {sorted(delays)[len(delays) // 2]:.2f}, max {max(delays):.2f}"
+            if delays
+            else "-"
+        )
+        table.add_row(name, str(expected), str(detected), str(right), timing)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"recall {result.recall:.1%} ({result.detected}/{len(result.expected)}), "
+        f"cause accuracy {result.cause_accuracy:.1%}, false alerts {len(result.false_alerts)}, "
+        f"related {result.related}"
+    )
+    report = result.as_dict()
+    for title, rows in (
+        ("missed", report["missed"]),
+        ("wrong cause", report["wrong_cause"]),
+        ("false", report["false"]),
+    ):
+        for row in rows[:20]:
+            console.print(f"  {title}: {row}")
+    verdict = "PASS" if result.passed() else "FAIL"
+    console.print(f"targets (all detected, >= 95% causes right, no false alert): {verdict}")

@@ -154,6 +154,22 @@ class TrafficGenerator:
         self._recent: deque[_Sale] = deque(maxlen=_RECENT_SALES)
         self._cards: list[Card] = []
         self._booted = False
+        self._link_held = False
+        self.decline_rate = self.profile.decline_rate
+
+    # --- what a scenario changes while the terminal runs --------------------------------
+
+    def hold_link_down(self, held: bool) -> None:
+        """Take the host link down and keep it down (True), or let it come back (False)."""
+        if held:
+            self._device.link_up = False
+        elif self._link_held:
+            self._device.link_up = True
+        self._link_held = held
+
+    def status(self, now: datetime) -> Message:
+        """A status message now (an idle terminal's report), link as it stands."""
+        return self._status(now, flap=False)
 
     # --- MessageSource ------------------------------------------------------------------
 
@@ -196,7 +212,7 @@ class TrafficGenerator:
 
     def _status(self, now: datetime, *, flap: bool) -> Message:
         rng, device = self._rng, self._device
-        if flap:
+        if flap and not self._link_held:
             if device.link_up and rng.random() < self.profile.link_flap:
                 device.link_up = False
             elif not device.link_up and rng.random() < 0.5:
@@ -290,7 +306,7 @@ class TrafficGenerator:
         if not online:
             self._device.saf += 1
             return OFFLINE_APPROVAL
-        if orig is None and rng.random() < self.profile.decline_rate:
+        if orig is None and rng.random() < self.decline_rate:
             return _weighted(rng, DECLINE_CODES)
         if orig is not None and rng.random() < 0.02:
             return "96"

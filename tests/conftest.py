@@ -4,9 +4,6 @@ and a fresh database per test (SQLite file or PostgreSQL database)."""
 from __future__ import annotations
 
 import os
-import random
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,29 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from posmon.mqtt import Message, MqttClient, MqttSettings
+from posmon.mqtt import Message, MqttClient
+from simulators.broker import PrivateBroker as Broker
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKER_CONF = ROOT / "deploy" / "mosquitto" / "posmon.conf"
 POSTGRES_ADMIN_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range.
-
-    Ports the kernel hands out (port 0, and every outgoing connection) could be taken by
-    another client while a test restarts its broker on the same port; ports below the
-    ephemeral range are only ever taken on purpose.
-    """
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def wait_until(predicate: object, timeout: float, message: str = "condition") -> None:
@@ -52,73 +31,6 @@ def wait_until(predicate: object, timeout: float, message: str = "condition") ->
             return
         time.sleep(0.02)
     pytest.fail(f"timed out after {timeout} s waiting for {message}")
-
-
-class Broker:
-    """A mosquitto running posmon's broker configuration on a free port, in its own folder."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        data = workdir / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for line in BROKER_CONF.read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key in ("listener", "persistence_location", "password_file", "allow_anonymous"):
-                continue
-            lines.append(line)
-        lines += [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence_location {data}/",
-            f"log_dest file {workdir}/mosquitto.log",
-        ]
-        if os.geteuid() == 0:
-            # Started as root, mosquitto drops to user `mosquitto`, which cannot write the
-            # test's folder: persistence would silently fail.
-            lines.append("user root")
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        """Start (or restart on the same port), waiting until it accepts connections."""
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        log_path = self.workdir / "mosquitto.log"
-        for _attempt in range(3):
-            self.process = subprocess.Popen([binary, "-c", str(self.conf)])
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                        return
-                except OSError:
-                    time.sleep(0.05)
-            log = log_path.read_text() if log_path.exists() else ""
-            if "Address already in use" not in log.rstrip().rsplit("\n", 1)[-1]:
-                break
-            time.sleep(1)  # the old socket is still being torn down: try again
-        self.stop()
-        raise RuntimeError(f"mosquitto did not start on {self.port}:\n{log}")
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGTERM): mosquitto writes its persistence file first."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def settings(self, prefix: str, **overrides: object) -> MqttSettings:
-        values: dict[str, object] = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "topic_prefix": prefix,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 1.0,
-        }
-        values.update(overrides)
-        return MqttSettings.model_validate(values)
 
 
 @pytest.fixture(scope="session")

@@ -432,6 +432,19 @@ def test_a_sale_taken_offline_gets_no_settlement(offline: list[StatusEvent]) -> 
     assert (missing.rrn, missing.reason_code, missing.settlement_ids) == (rrn(1), "N401", ())
 
 
+def test_a_sale_taken_offline_and_voided_before_its_deadline_was_owed_nothing() -> None:
+    run = Run(config(rates=FaultRates(offline_lost=1.0), record_normal=True))
+    later = FRIDAY + timedelta(minutes=5)
+    run.feed(
+        sale(rrn(1), FRIDAY, rc="Y3"),
+        sale(rrn(11), later, kind=TxnKind.VOID, orig_rrn=rrn(1)),
+        batch_close(FRIDAY + timedelta(hours=1)),
+    )
+    run.until(FRIDAY + timedelta(days=4))
+    assert run.settlements == []
+    assert [(r.kind, r.rrn) for r in run.truth] == [(FaultKind.CANCELLED, rrn(1))]
+
+
 def test_offline_sales_settle_when_offline_lost_is_zero() -> None:
     run = Run(config(rates=FaultRates(offline_lost=0.0)))
     run.feed(status(FRIDAY, link_up=False), sale(rrn(1), FRIDAY, rc="Y3"), batch_close(FRIDAY))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, free_port, wait_until
+from conftest import Broker, wait_until
 from typer.testing import CliRunner, Result
 
 from agent.cli import app
@@ -37,6 +37,7 @@ from agent.outbox import Outbox, Priority
 from posmon.mqtt import MqttSettings
 from posmon.serialport import open_port
 from posmon.wire.codec import encode_record
+from simulators.broker import free_port
 
 TID = "10000001"
 AGENT = "shop-test"

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker, Listener, free_port, wait_until
+from conftest import Broker, Listener, wait_until
 from test_collector_ingest import MID, MID_T0, SHANGHAI, Rig, rig_on, settlement, txn
 
 from collector.alertstore import AlertStore
-from collector.config import MerchantRule, SettlementMode
+from collector.config import MerchantRule
 from posmon.wire.models import (
     AlertEvent,
     BatchEvent,
@@ -40,6 +40,7 @@ from posmon.wire.models import (
     StatusEvent,
     TxnKind,
 )
+from simulators.broker import free_port
 
 MID_FROZEN = "898100012340007"
 TID = "10000001"
@@ -156,9 +157,7 @@ class AlertRig:
         found: list[AlertEvent] = []
 
         def seen() -> bool:
-            found[:] = [
-                a for a in self.alerts(alert_type) if a.state.value == state and where(a)
-            ]
+            found[:] = [a for a in self.alerts(alert_type) if a.state.value == state and where(a)]
             return bool(found)
 
         wait_until(seen, timeout, f"{alert_type} {state} on the alert topic")

@@ -120,6 +120,7 @@ class Step:
 class _State(StrEnum):
     SCHEDULED = "scheduled"
     WAITING_BATCH = "waiting_batch"
+    LOST = "lost"  # taken offline and never uploaded: no settlement will come
     DONE = "done"
     CANCELLED = "cancelled"
 
@@ -168,6 +169,11 @@ class _BatchDeadline:
 
 
 @dataclass(frozen=True, slots=True)
+class _LostDeadline:
+    txn: _Txn
+
+
+@dataclass(frozen=True, slots=True)
 class _Emit:
     settlement: SettlementEvent
 
@@ -177,7 +183,7 @@ class _Record:
     record: TruthRecord
 
 
-_Action = _Attempt | _BatchDeadline | _Emit | _Record
+_Action = _Attempt | _BatchDeadline | _LostDeadline | _Emit | _Record
 
 
 class AcquirerCore:
@@ -263,6 +269,8 @@ class AcquirerCore:
                 self._record(action.record)
             elif isinstance(action, _Attempt):
                 self._attempt(action.txn, when)
+            elif isinstance(action, _LostDeadline):
+                self._lost_deadline(action.txn, when)
             else:
                 self._batch_deadline(action.txn, when)
         truth, self._truth = self._truth, []
@@ -327,16 +335,10 @@ class AcquirerCore:
             self._note_cancelled(txn, now)
             return
         if self._offline(event) and plan.offline_lost:
-            self._finished.add(key)
-            self._fault(
-                txn,
-                FaultKind.MISSING,
-                Cause.NETWORK,
-                Scenario.OFFLINE,
-                now,
-                code=OFFLINE_CODE,
-                note="taken while the terminal was offline and never uploaded",
-            )
+            # Never uploaded: missing once its deadline has passed, unless voided before.
+            txn.state = _State.LOST
+            self._txns[key] = txn
+            self._push(max(deadline, now), _LostDeadline(txn))
             return
         if now >= deadline and not self._warned_clock:
             self._warned_clock = True
@@ -376,7 +378,7 @@ class AcquirerCore:
             if key not in self._finished:
                 self._cancelled_early.add(key)
             return  # already settled: the acquirer takes it back another way
-        if txn.state in (_State.SCHEDULED, _State.WAITING_BATCH):
+        if txn.state in (_State.SCHEDULED, _State.WAITING_BATCH, _State.LOST):
             txn.state = _State.CANCELLED
             del self._txns[key]
             self._finished.add(key)
@@ -510,6 +512,22 @@ class AcquirerCore:
             self._waiting.setdefault(key, []).append(txn)
             self._push(txn.deadline, _BatchDeadline(txn))
         return True
+
+    def _lost_deadline(self, txn: _Txn, at: datetime) -> None:
+        if txn.state is not _State.LOST:
+            return  # voided or reversed in the meantime: nothing was owed
+        txn.state = _State.DONE
+        del self._txns[txn.key]
+        self._finished.add(txn.key)
+        self._fault(
+            txn,
+            FaultKind.MISSING,
+            Cause.NETWORK,
+            Scenario.OFFLINE,
+            at,
+            code=OFFLINE_CODE,
+            note="taken while the terminal was offline and never uploaded",
+        )
 
     def _batch_deadline(self, txn: _Txn, at: datetime) -> None:
         if txn.state is not _State.WAITING_BATCH:
