@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from posmon.cli import AgentRun, _agent_run_options
 from posmon.config import ConfigError, load
 
 
@@ -86,3 +87,54 @@ def test_agent_run_with_a_bad_file_exits_2_naming_key_and_file(tmp_path: Path) -
     assert f"{path}: outbox.max_events: Input should be greater than or equal to 100" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["agent", "run"], {}, AgentRun("INFO", False, None)),
+        (["agent", "run", "-c", "a.toml"], {}, AgentRun("INFO", False, Path("a.toml"))),
+        (["agent", "run", "-ca.toml"], {}, AgentRun("INFO", False, Path("a.toml"))),
+        (["agent", "run", "--config=a.toml"], {}, AgentRun("INFO", False, Path("a.toml"))),
+        (
+            ["--log-level", "debug", "--log-json", "agent", "run", "--config", "a.toml"],
+            {},
+            AgentRun("debug", True, Path("a.toml")),
+        ),
+        (
+            ["agent", "run"],
+            {"POSMON_LOG_LEVEL": "WARNING", "POSMON_LOG_JSON": "yes"},
+            AgentRun("WARNING", True, None),
+        ),
+        (["--log-level=ERROR", "agent", "run"], {}, AgentRun("ERROR", False, None)),
+    ],
+)
+def test_plain_agent_run_is_read_without_typer(
+    argv: list[str], environ: dict[str, str], expected: AgentRun
+) -> None:
+    assert _agent_run_options(argv, environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["agent", "run", "--help"], {}),
+        (["agent", "run", "-c"], {}),
+        (["agent", "run", "--config="], {}),
+        (["agent", "run", "-c", "a.toml", "--log-level", "DEBUG"], {}),
+        (["--log-level", "LOUD", "agent", "run"], {}),
+        (["--version", "agent", "run"], {}),
+        (["agent", "doctor"], {}),
+        (["agent", "run"], {"POSMON_LOG_JSON": "maybe"}),
+        ([], {}),
+    ],
+)
+def test_anything_else_goes_to_typer(argv: list[str], environ: dict[str, str]) -> None:
+    assert _agent_run_options(argv, environ) is None
+
+
+def test_agent_run_help_and_a_bad_option_still_answer_through_typer() -> None:
+    assert "--config" in posmon("agent", "run", "--help").stdout
+    bad = posmon("--log-level", "LOUD", "agent", "run")
+    assert bad.returncode == 2
+    assert "unknown level 'LOUD'" in bad.stderr
