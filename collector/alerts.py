@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from collector.alertstore import AlertStore
 from collector.classify import Classification, Facts, classify
 from collector.config import CollectorConfig
-from collector.correlate import Outcome
+from collector.correlate import EXPECTS_MONEY, Outcome
 from collector.rules import (
     BANK_FAILURES,
     CLEARED_BY_ANY_CHANGE,
@@ -46,7 +46,6 @@ BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value, Cause.UNKNOWN.value})
 # yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
 GAP_WAIT_S = 10.0
 TAIL_BATCH = 500
-BATCH_SWEEP_EVERY_S = 5.0
 
 
 def money(amount: int | None, currency: str | None) -> str:
@@ -56,6 +55,22 @@ def money(amount: int | None, currency: str | None) -> str:
     sign = "-" if amount < 0 else ""
     whole, cents = divmod(abs(amount), 100)
     return f"{sign}{whole}.{cents:02d} {currency or ''}".rstrip()
+
+
+@dataclass(slots=True)
+class OpenBatch:
+    """A terminal's batch with approved sales and no BAT yet."""
+
+    mid: str
+    currency: str
+    first_time: datetime
+    count: int
+    total: int
+
+    def add(self, amount: int, at: datetime) -> None:
+        self.count += 1
+        self.total += amount
+        self.first_time = min(self.first_time, at)
 
 
 @dataclass(slots=True)
@@ -118,12 +133,14 @@ class AlertEngine:
             self.settings.decline_min_rate,
         )
         self.last_seen: dict[str, datetime] = {}  # tid -> latest status (agent's wall clock)
+        # (tid, batch) -> what its approved sales add up to, until its BAT arrives.
+        self.open_batches: dict[tuple[str, str], OpenBatch] = {}
+        self._seeded_upto = 0  # transactions up to this id are in open_batches already
         self.tails: dict[str, Tail] = {}
         # Fingerprints of the open alerts, refreshed at each sweep: a status or batch that
         # clears nothing costs no query, and a condition that persists is not re-fired.
         self.open: set[str] = set()
         self._next_sweep = 0.0
-        self._next_batch_sweep = 0.0
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -135,6 +152,11 @@ class AlertEngine:
             self.store.save_positions(positions, self.clock())
         self.tails = {name: Tail(position) for name, position in positions.items()}
         self.open = self.store.open_fingerprints()
+        self._seeded_upto = self.store.end_positions()["transactions"]
+        for row in self.store.unclosed_batches():
+            self.open_batches[(row["tid"], row["batch"])] = OpenBatch(
+                row["mid"], row["currency"], row["first_time"], row["count"], row["total"]
+            )
         for row in self.store.latest_statuses():
             self.last_seen[row["tid"]] = row["observed_at"]
             self.links.feed(row["tid"], row["link_up"], row["saf_pending"], row["observed_at"])
@@ -403,6 +425,7 @@ class AlertEngine:
 
     def _batch(self, row: dict[str, Any]) -> None:
         tid, batch, now = row["tid"], row["batch"], self.clock()
+        self.open_batches.pop((tid, batch), None)
         self._resolve(
             f"{AlertType.BATCH_NOT_CLOSED.value}:{tid}:{batch}", now, "the batch was closed"
         )
@@ -432,6 +455,14 @@ class AlertEngine:
         )
 
     def _txn(self, row: dict[str, Any]) -> None:
+        if row["approved"] and row["kind"] in EXPECTS_MONEY and row["id"] > self._seeded_upto:
+            key = (row["tid"], row["batch"])
+            batch = self.open_batches.get(key)
+            if batch is None:
+                batch = self.open_batches[key] = OpenBatch(
+                    row["mid"], row["currency"], row["terminal_time"], 0, 0
+                )
+            batch.add(row["amount"], row["terminal_time"])
         declined = not row["approved"]
         for key, label in ((row["tid"], "TID"), (row["mid"], "MID")):
             change = self.declines.feed(f"{label}:{key}", declined)
@@ -493,9 +524,7 @@ class AlertEngine:
                 ),
                 now,
             )
-        if time.monotonic() >= self._next_batch_sweep:
-            self._unclosed_batches(now)
-            self._next_batch_sweep = time.monotonic() + BATCH_SWEEP_EVERY_S
+        self._unclosed_batches(now)
         self._outages_over(now)
         for row in self.store.renotify_due(timedelta(minutes=self.settings.renotify_min)):
             logger.info(
@@ -532,39 +561,45 @@ class AlertEngine:
             )
 
     def _unclosed_batches(self, now: datetime) -> None:
-        """BATCH_NOT_CLOSED: approved transactions with no BAT by their cut-off."""
-        for row in self.store.unclosed_batches():
-            rule = self.merchants.get(row["mid"])
-            cutoff_time = (rule.cutoff if rule and rule.cutoff else None) or (
-                self.config.settlement.cutoff
-            )
-            first = row["first_time"].astimezone(self.zone)
-            cutoff = datetime.combine(first.date(), cutoff_time, self.zone)
-            if cutoff <= first:
-                cutoff += timedelta(days=1)
+        """BATCH_NOT_CLOSED: approved sales with no BAT by the cut-off after the first."""
+        for (tid, batch_no), batch in self.open_batches.items():
+            fingerprint = f"{AlertType.BATCH_NOT_CLOSED.value}:{tid}:{batch_no}"
+            if fingerprint in self.open:
+                continue
+            cutoff = self._cutoff_after(batch.mid, batch.first_time)
             if now < cutoff:
                 continue
             self._fire(
                 Candidate(
                     type=AlertType.BATCH_NOT_CLOSED,
-                    fingerprint=f"{AlertType.BATCH_NOT_CLOSED.value}:{row['tid']}:{row['batch']}",
+                    fingerprint=fingerprint,
                     cause=Cause.OPERATOR,
-                    summary=f"Batch {row['batch']} of TID {row['tid']} not closed by "
-                    f"{cutoff.isoformat(timespec='minutes')}: {row['count']} approved "
-                    f"transactions, {money(row['total'], row['currency'])} waiting",
-                    tid=row["tid"],
-                    mid=row["mid"],
-                    amount_at_risk=row["total"],
-                    currency=row["currency"],
+                    summary=f"Batch {batch_no} of TID {tid} not closed by "
+                    f"{cutoff.isoformat(timespec='minutes')}: {batch.count} approved "
+                    f"sales, {money(batch.total, batch.currency)} waiting",
+                    tid=tid,
+                    mid=batch.mid,
+                    amount_at_risk=batch.total,
+                    currency=batch.currency,
                     details={
                         "evidence": ["no BAT from the terminal for this batch by the cut-off"],
-                        "batch": row["batch"],
-                        "count": row["count"],
+                        "batch": batch_no,
+                        "count": batch.count,
                         "cutoff": cutoff.isoformat(),
                     },
                 ),
                 now,
             )
+
+    def _cutoff_after(self, mid: str, moment: datetime) -> datetime:
+        """The merchant's first cut-off after `moment` (local time of the settlement zone)."""
+        rule = self.merchants.get(mid)
+        cutoff_time = (rule.cutoff if rule and rule.cutoff else None) or (
+            self.config.settlement.cutoff
+        )
+        local = moment.astimezone(self.zone)
+        cutoff = datetime.combine(local.date(), cutoff_time, self.zone)
+        return cutoff if cutoff > local else cutoff + timedelta(days=1)
 
     def _outages_over(self, now: datetime) -> None:
         window = timedelta(minutes=self.settings.bank_outage_window_min)

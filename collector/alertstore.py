@@ -96,8 +96,17 @@ def alert_event(row: Any) -> AlertEvent:
 class AlertStore:
     """Alerts and what hangs off them, on the collector's database engine."""
 
-    def __init__(self, engine: Engine, collector_id: str, channels: Sequence[str]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        collector_id: str,
+        channels: Sequence[str],
+        *,
+        reads: Engine | None = None,
+    ) -> None:
         self.engine = engine
+        # Reads must not queue for SQLite's write lock behind the ingest's commits.
+        self.reads = reads or engine
         self.collector_id = collector_id
         self.channels = list(channels)
 
@@ -249,11 +258,11 @@ class AlertStore:
     # --- reading ------------------------------------------------------------------------
 
     def get(self, alert_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return self._get(conn, alert_id)
 
     def open_alert(self, fingerprint: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return self._open(conn, fingerprint)
 
     def find(
@@ -281,11 +290,11 @@ class AlertStore:
         ):
             if value is not None:
                 query = query.where(column == value)
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
     def history(self, alert_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(alert_history)
                 .where(alert_history.c.alert_id == alert_id)
@@ -296,7 +305,7 @@ class AlertStore:
     def recent(self, types: Iterable[str], bank_code: str, since: datetime) -> list[dict[str, Any]]:
         """Alerts of `types` at one bank started since `since` (any state)."""
         key = alerts.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(alerts).where(
                     key.type.in_(list(types)), key.bank_code == bank_code, key.started_at >= since
@@ -306,13 +315,13 @@ class AlertStore:
 
     def open_fingerprints(self) -> set[str]:
         key = alerts.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(select(key.open_fingerprint).where(key.status.in_(OPEN)))
             return {str(value) for value in rows.scalars()}
 
     def open_of_type(self, alert_type: str) -> list[dict[str, Any]]:
         key = alerts.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(alerts).where(key.type == alert_type, key.status.in_(OPEN))
             ).mappings()
@@ -321,7 +330,7 @@ class AlertStore:
     def counts(self) -> dict[str, int]:
         """Open alerts by type."""
         key = alerts.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(key.type, func.count()).where(key.status.in_(OPEN)).group_by(key.type)
             )
@@ -373,7 +382,7 @@ class AlertStore:
         query = select(silences).order_by(silences.c.starts_at)
         if now is not None:
             query = query.where(silences.c.ends_at > now)
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
     def silence_for(self, candidate: Candidate, at: datetime) -> Silence | None:
@@ -393,14 +402,14 @@ class AlertStore:
         query = select(key.silence_id, key.reason, key.maintenance).where(
             key.starts_at <= at, key.ends_at > at, and_(*conditions)
         )
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             row = conn.execute(query.limit(1)).first()
         return Silence(row[0], row[1], bool(row[2])) if row is not None else None
 
     def maintenance_for(self, bank_code: str, at: datetime) -> str | None:
         """The reason of a maintenance window declared for this bank at `at`."""
         key = silences.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             reason = conn.execute(
                 select(key.reason)
                 .where(
@@ -418,7 +427,7 @@ class AlertStore:
     def due(self, channel: str, now: datetime, limit: int = 50) -> list[dict[str, Any]]:
         """Undelivered notifications of one channel whose next attempt is due, oldest first."""
         key = notifications.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(notifications)
                 .where(
@@ -434,7 +443,7 @@ class AlertStore:
 
     def next_due(self, channel: str) -> datetime | None:
         key = notifications.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             value = conn.execute(
                 select(func.min(key.next_attempt_at)).where(
                     key.collector_id == self.collector_id,
@@ -465,7 +474,7 @@ class AlertStore:
     def pending(self) -> dict[str, int]:
         """Undelivered notifications per channel."""
         key = notifications.c
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             rows = conn.execute(
                 select(key.channel, func.count())
                 .where(key.delivered_at.is_(None))
@@ -476,7 +485,7 @@ class AlertStore:
     # --- cursors ------------------------------------------------------------------------
 
     def positions(self) -> dict[str, int] | None:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             value = conn.execute(
                 select(alert_cursors.c.positions).where(
                     alert_cursors.c.collector_id == self.collector_id
@@ -500,7 +509,7 @@ class AlertStore:
 
     def end_positions(self) -> dict[str, int]:
         """Where a collector new to this database starts following: the end of each table."""
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return {
                 table.name: int(conn.execute(select(func.max(table.c.id))).scalar() or 0)
                 for table in FOLLOWED
@@ -544,7 +553,18 @@ class AlertStore:
 
     def txn_rows(self, after: int, limit: int) -> list[dict[str, Any]]:
         key = transactions.c
-        columns = (key.id, key.tid, key.mid, key.approved, key.rc, key.kind)
+        columns = (
+            key.id,
+            key.tid,
+            key.mid,
+            key.approved,
+            key.rc,
+            key.kind,
+            key.batch,
+            key.amount,
+            key.currency,
+            key.terminal_time,
+        )
         return self._rows(select(*columns).where(key.id > after).order_by(key.id).limit(limit))
 
     def transaction_by_id(self, txn_id: int) -> dict[str, Any] | None:
@@ -633,7 +653,7 @@ class AlertStore:
         return rows
 
     def _rows(self, query: Any) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
     # --- inside a transaction -----------------------------------------------------------

@@ -66,7 +66,10 @@ class Collector:
             config.notify, config.mqtt, f"posmon-collector-{self.id}-alerts", self.topics
         )
         self.alert_store = AlertStore(
-            self.store.engine, self.id, [channel.name for channel in channels]
+            self.store.engine,
+            self.id,
+            [channel.name for channel in channels],
+            reads=self.store.reads,
         )
         self.dispatchers = [
             Dispatcher(channel, self.alert_store, config.notify) for channel in channels

@@ -141,6 +141,11 @@ class Store:
             tuple[str, tuple[str, ...]], list[tuple[int, Callable[[Any], Any]]]
         ] = {}
 
+    @property
+    def reads(self) -> Engine:
+        """The engine for reads: on SQLite one whose transactions do not take the write lock."""
+        return self._reads
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def migrate(self) -> None:

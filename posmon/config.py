@@ -158,7 +158,7 @@ def _section_lines(
     for key, info in section.model_fields.items():
         sub = _section_type(info.annotation)
         if sub is not None:
-            nested.append((key, sub))
+            nested.append((key, sub, _is_list(info.annotation)))
             continue
         lines.extend(_comment(info.description or ""))
         if key in sample:
@@ -167,9 +167,13 @@ def _section_lines(
             lines.append(f"# {key} = {_toml_value(sample.get(key, ''))}")
         else:
             lines.append(f"{key} = {_toml_value(info.default)}")
-    for key, sub in nested:
+    for key, sub, list_of in nested:
         lines.append("")
-        lines.extend(_section_lines(sub, f"{name}.{key}", False, {}))
+        sub_lines = _section_lines(sub, f"{name}.{key}", list_of, {})
+        if list_of:
+            # None by default: an example to copy, commented out.
+            sub_lines = [line if line.startswith("#") else f"# {line}" for line in sub_lines]
+        lines.extend(sub_lines)
     return lines
 
 

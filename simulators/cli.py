@@ -380,6 +380,9 @@ def acquirer(
     offline_lost: Annotated[
         float | None, _rate_option("Sale taken offline (link down, SAF>0) never uploaded.")
     ] = None,
+    void_ignored: Annotated[
+        float | None, _rate_option("A void or reversal not processed: the sale is credited.")
+    ] = None,
     frozen: Annotated[
         list[str] | None,
         typer.Option(
@@ -436,6 +439,7 @@ def acquirer(
                 "mismatch": mismatch,
                 "orphan": orphan,
                 "offline_lost": offline_lost,
+                "void_ignored": void_ignored,
             },
         )
         scenarios = Scenarios(

@@ -6,6 +6,7 @@ Each injected fault expects one alert, named by a key:
 |------------------------------------------|-----------------------------------------|
 | FAILED, RETURNED, MISMATCH, DUPLICATE    | SETTLEMENT_FAILED ... for (tid, rrn)    |
 | MISSING (never settled), LATE            | SETTLEMENT_OVERDUE for (tid, rrn)       |
+| VOID_IGNORED (credited despite its void) | REVERSED_BUT_SETTLED for (tid, rrn)     |
 | ORPHAN                                   | ORPHAN_SETTLEMENT for its settlement id |
 | BANK_OUTAGE with enough failures          | BANK_OUTAGE for the bank                |
 | MERCHANT_FROZEN                          | any failure alert of the merchant       |
@@ -38,6 +39,7 @@ EXPECTED_FOR_KIND = {
     "DUPLICATE": "DUPLICATE_SETTLEMENT",
     "MISSING": "SETTLEMENT_OVERDUE",
     "LATE": "SETTLEMENT_OVERDUE",
+    "VOID_IGNORED": "REVERSED_BUT_SETTLED",
 }
 TXN_ALERTS = frozenset(
     {

@@ -677,6 +677,9 @@ def test_every_cause_shows_up_in_the_ground_truth() -> None:
     run.feed(status(FRIDAY, link_up=False), sale(rrn(999), FRIDAY, rc="Y3"), status(FRIDAY))
     for n in range(400):
         run.feed(sale(rrn(n), FRIDAY + timedelta(seconds=n), mid=MID2 if n == 7 else MID))
+    for n in range(400, 420):  # voids, of which the acquirer ignores some
+        void_at = FRIDAY + timedelta(minutes=10)
+        run.feed(sale(rrn(n), void_at, kind=TxnKind.VOID, orig_rrn=rrn(n - 400)))
     run.feed(sale(rrn(998), FRIDAY + timedelta(hours=1), batch="000099"))  # never closed
     run.feed(batch_close(FRIDAY + timedelta(hours=8)))
     run.until(FRIDAY + timedelta(days=10))

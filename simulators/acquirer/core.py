@@ -152,6 +152,7 @@ class _Txn:
     plan: _Plan
     state: _State = _State.SCHEDULED
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    void_ignored: bool = False  # voided at the terminal, the void lost by the acquirer
 
     @property
     def key(self) -> tuple[str, str]:
@@ -194,6 +195,8 @@ class AcquirerCore:
         self.seed = seed
         self.counters: Counter[str] = Counter()
         self._rng = random.Random(seed)  # noqa: S311 - simulated faults, not secrets
+        # Drawn when a void arrives, so a sale's own draws stay the same whatever follows.
+        self._void_rng = random.Random(None if seed is None else seed + 1)  # noqa: S311
         self._calendar = BusinessCalendar(self.config.calendar)
         self._profiles = {profile.mid: profile for profile in self.config.merchants}
         self._queue: list[tuple[datetime, int, _Action]] = []
@@ -378,7 +381,11 @@ class AcquirerCore:
             if key not in self._finished:
                 self._cancelled_early.add(key)
             return  # already settled: the acquirer takes it back another way
-        if txn.state in (_State.SCHEDULED, _State.WAITING_BATCH, _State.LOST):
+        live = txn.state in (_State.SCHEDULED, _State.WAITING_BATCH)
+        if live and self._void_rng.random() < self.config.rates.void_ignored:
+            txn.void_ignored = True  # see _fault: what happens to the sale is recorded then
+            return
+        if live or txn.state is _State.LOST:
             txn.state = _State.CANCELLED
             del self._txns[key]
             self._finished.add(key)
@@ -600,7 +607,7 @@ class AcquirerCore:
                     settlements=(credited,),
                     note="the simulator heard of the transaction after its deadline",
                 )
-            elif self.config.record_normal:
+            elif self.config.record_normal or txn.void_ignored:
                 self._fault(txn, FaultKind.NORMAL, None, None, at, settlements=(credited,))
             return
         self._random_fault(txn, at)
@@ -751,6 +758,14 @@ class AcquirerCore:
     ) -> None:
         event = txn.event
         credited = [s for s in settlements if s.status is SettlementStatus.CREDITED]
+        if txn.void_ignored:
+            # Voided at the terminal: a credit is the fault, a failure concerns nothing owed.
+            if credited:
+                kind, cause, scenario = FaultKind.VOID_IGNORED, Cause.OPERATOR, Scenario.RANDOM
+                note = "the void or reversal was not processed: the sale was credited anyway"
+            else:
+                kind, cause, scenario = FaultKind.CANCELLED, None, None
+                note = "voided or reversed; what the acquirer did with it concerns nothing owed"
         self._record(
             TruthRecord(
                 kind=kind,

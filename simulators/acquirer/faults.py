@@ -58,7 +58,9 @@ class FaultRates:
     - `duplicate`: CREDITED twice, under two settlement ids;
     - `mismatch`: CREDITED for another amount (keyed wrong), so the net differs;
     - `orphan`: in addition, a settlement for a transaction that never existed;
-    - `offline_lost`: a transaction taken offline is never uploaded (see the module).
+    - `offline_lost`: a transaction taken offline is never uploaded (see the module);
+    - `void_ignored`: an approved VOID or REVERSAL of a sale not yet settled is not
+      processed, so the sale is credited anyway (drawn when the void arrives).
     """
 
     account_failed: float = 0.0
@@ -71,6 +73,7 @@ class FaultRates:
     mismatch: float = 0.0
     orphan: float = 0.0
     offline_lost: float = 1.0
+    void_ignored: float = 0.0
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -109,6 +112,7 @@ class FaultRates:
             mismatch=0.01,
             orphan=0.01,
             offline_lost=1.0,
+            void_ignored=0.2,
         )
 
 

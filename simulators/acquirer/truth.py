@@ -27,6 +27,7 @@ class FaultKind(StrEnum):
     MISMATCH = "MISMATCH"  # CREDITED with another net amount
     DUPLICATE = "DUPLICATE"  # CREDITED twice
     ORPHAN = "ORPHAN"  # a settlement for a transaction that never existed
+    VOID_IGNORED = "VOID_IGNORED"  # a void or reversal not processed: credited anyway
     LATE = "LATE"  # CREDITED after the deadline
     BANK_OUTAGE = "BANK_OUTAGE"  # scenario: a bank is down for a window
     MERCHANT_FROZEN = "MERCHANT_FROZEN"  # scenario: a merchant's settlements all fail
