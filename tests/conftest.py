@@ -1,13 +1,17 @@
 """Shared fixtures: real mosquitto brokers on free ports, MQTT listeners, unique prefixes,
-and a fresh database per test (SQLite file or PostgreSQL database)."""
+a fresh database per test (SQLite file or PostgreSQL database), and a private influxd."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ import pytest
 
 from posmon.mqtt import Message, MqttClient
 from simulators.broker import PrivateBroker as Broker
+from simulators.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -259,3 +264,96 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database, for tests of several collectors sharing one."""
     with fresh_postgres_database() as url:
         yield url
+
+
+# --- InfluxDB ----------------------------------------------------------------------------
+
+
+class Influxd:
+    """A private influxd (InfluxDB 1.x from Debian): own folders, own free ports.
+
+    Its configuration keeps everything under `workdir` (meta, data, WAL) and listens on
+    127.0.0.1 only; usage reporting, the internal monitor store and query logging are off.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        for name in ("meta", "data", "wal"):
+            (workdir / name).mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "influxdb.conf"
+        self.conf.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{free_port()}"\n'  # the backup RPC port
+            f'[meta]\n  dir = "{workdir / "meta"}"\n'
+            f'[data]\n  dir = "{workdir / "data"}"\n  wal-dir = "{workdir / "wal"}"\n'
+            "  query-log-enabled = false\n"
+            "[monitor]\n  store-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            '[logging]\n  level = "warn"\n'
+        )
+
+    def start(self) -> None:
+        """Start (or restart on the same port), waiting until /ping answers."""
+        binary = shutil.which("influxd")
+        if binary is None:
+            pytest.fail(
+                "influxd is not installed (Debian: apt-get install influxdb; "
+                "./scripts/test installs it)",
+                pytrace=False,
+            )
+        log = (self.workdir / "influxd.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "run", "-config", str(self.conf)], stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as answer:
+                    if answer.status == 204:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        text = (self.workdir / "influxd.log").read_text(errors="replace")
+        pytest.fail(f"influxd did not answer /ping on {self.port}:\n{text[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def query(self, database: str, statement: str) -> list[dict[str, object]]:
+        """Run InfluxQL through /query; the series of the (single) statement's result."""
+        params = urllib.parse.urlencode({"db": database, "q": statement, "epoch": "s"})
+        with urllib.request.urlopen(f"{self.url}/query?{params}", timeout=30) as answer:
+            body = json.load(answer)
+        result = body["results"][0]
+        if "error" in result:
+            raise ValueError(f"{statement}: {result['error']}")
+        series: list[dict[str, object]] = result.get("series", [])
+        return series
+
+    def create_database(self, name: str) -> None:
+        data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'}).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=30) as answer:
+            answer.read()
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    """One influxd for the session; each test writes to its own database."""
+    instance = Influxd(tmp_path_factory.mktemp("influxd"))
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def influx_db(influxd: Influxd) -> str:
+    """A fresh database name on the session's influxd (created by the test or the sink)."""
+    return f"posmon_test_{uuid.uuid4().hex[:8]}"
