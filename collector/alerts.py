@@ -199,27 +199,42 @@ class AlertEngine:
             self._next_sweep = time.monotonic() + self.settings.sweep_s
 
     def _follow(self) -> bool:
-        """One round over the followed tables; True when a table had a full batch."""
+        """One round over the followed tables; True when a table had a full batch.
+
+        Settlement outcomes come first, and again whenever the ingest has woken the engine
+        meanwhile: a failure's alert never waits behind a backlog of status rows.
+        """
         full = False
         readers = (
-            ("outcome_log", self.store.outcome_rows, self._outcome),
             ("status_events", self.store.status_rows, self._status),
             ("batches", self.store.batch_rows, self._batch),
             ("transactions", self.store.txn_rows, self._txn),
         )
-        moved = False
+        moved = self._read("outcome_log", self.store.outcome_rows, self._outcome)
         for name, read, handle in readers:
-            tail = self.tails.setdefault(name, Tail(0))
-            rows = read(tail.position, TAIL_BATCH)
-            full = full or len(rows) == TAIL_BATCH
-            before = tail.position
-            for row in tail.take(rows):
-                handle(row)
-            moved = moved or tail.position != before
+            if self.wake.is_set():
+                self.wake.clear()
+                moved = self._read("outcome_log", self.store.outcome_rows, self._outcome) or moved
+            progress = self._read(name, read, handle)
+            full = full or progress == TAIL_BATCH
+            moved = moved or bool(progress)
         if moved:
             positions = {name: tail.position for name, tail in self.tails.items()}
             self.store.save_positions(positions, self.clock())
         return full
+
+    def _read(
+        self,
+        name: str,
+        read: Callable[[int, int], list[dict[str, Any]]],
+        handle: Callable[[dict[str, Any]], None],
+    ) -> int:
+        """Handle the new rows of one table; returns how many there were."""
+        tail = self.tails.setdefault(name, Tail(0))
+        fresh = tail.take(read(tail.position, TAIL_BATCH))
+        for row in fresh:
+            handle(row)
+        return len(fresh)
 
     # --- settlement outcomes ------------------------------------------------------------
 

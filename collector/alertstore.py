@@ -125,7 +125,7 @@ class AlertStore:
         An open alert for the same condition gets the newer details instead (no new
         notification: the condition is the same).
         """
-        alert_id = str(uuid.uuid4())
+        alert_id = f"A-{uuid.uuid4().hex[:16]}"  # short enough to type into `alerts ack`
         details = dict(candidate.details)
         if silence is not None:
             details["silenced"] = silence.reason

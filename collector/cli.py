@@ -248,6 +248,12 @@ def _alert_store(config: Path | None) -> Iterator[Any]:
         store.close()
 
 
+def _console() -> Console:
+    """A terminal's own width; piped output (a log, grep) gets wide lines, not folded ones."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _when(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
 
@@ -285,8 +291,9 @@ def list_alerts(
             typer.echo(alert_event(row).to_json().decode())
         return
     table = Table(title=f"alerts ({status})")
-    for column in ("alert", "type", "severity", "status", "cause", "since", "summary"):
-        table.add_column(column, overflow="fold")
+    for column in ("alert", "type", "severity", "status", "cause", "since"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("summary", overflow="fold")
     for row in rows:
         status_text = row["status"] + (" (muted)" if row["silence_id"] else "")
         table.add_row(
@@ -298,7 +305,7 @@ def list_alerts(
             _when(row["started_at"]),
             row["summary"],
         )
-    Console().print(table)
+    _console().print(table)
     if not rows:
         typer.echo("no alerts")
 
@@ -426,4 +433,4 @@ def list_silences(
             row["created_by"],
             row["reason"],
         )
-    Console().print(table)
+    _console().print(table)

@@ -114,6 +114,8 @@ class Ingestor:
         self.last_lag_s: float | None = None
         self._pending: list[Message] = []
         self._oldest = 0.0
+        self._urgent = False  # a settlement is pending
+        self._settlements = topics.settlements
         self._storing: _Batch | None = None
         self._worker: ThreadPoolExecutor | None = None
         client.on_message = self._received
@@ -149,6 +151,7 @@ class Ingestor:
             and self._pending
             and (
                 len(self._pending) >= self.settings.batch_size
+                or self._urgent
                 or time.monotonic() - self._oldest >= self.settings.batch_wait_ms / 1000
             )
         ):
@@ -233,7 +236,11 @@ class Ingestor:
     def _received(self, message: Message) -> None:
         if not self._pending:
             self._oldest = time.monotonic()
+            self._urgent = False
         self._pending.append(message)
+        # A settlement result is what an alert waits for: its batch does not wait to fill.
+        if message.topic == self._settlements:
+            self._urgent = True
 
     def _connected(self, session_present: bool) -> None:
         self.client.subscribe(self.filters)

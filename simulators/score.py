@@ -231,7 +231,11 @@ def score(
     terminal_lines = list(terminal_truth)
     expected = expected_alerts(lines, terminal_lines, outage_failures=outage_failures)
     by_key = {item.key: item for item in expected}
-    faulty_txns = {(line.get("tid"), line.get("rrn")) for line in lines if line.get("rrn")}
+    faulty_txns = {
+        (line.get("tid"), line.get("rrn"))
+        for line in lines
+        if line.get("rrn") and line["kind"] not in ("NORMAL", "CANCELLED")
+    }
     spiking_mids = {line["mid"] for line in terminal_lines if line["alert_type"] == "DECLINE_SPIKE"}
     false_alerts: list[dict[str, Any]] = []
     related = 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,6 +31,7 @@ from test_collector_ingest import MID, MID_T0, SHANGHAI, Rig, rig_on, settlement
 
 from collector.alertstore import AlertStore
 from collector.config import MerchantRule
+from collector.store import Store
 from posmon.wire.models import (
     AlertEvent,
     BatchEvent,
@@ -594,3 +597,133 @@ def test_apprise_channel_delivers_a_readable_message(alert_rig: AlertRig) -> Non
         assert "SETTLEMENT_FAILED" in message["title"]
         assert "cause: ACCOUNT_INFO" in message["message"]
         assert "AC04" in message["message"]
+
+
+# --- restart and several collectors ----------------------------------------------------------
+
+
+def test_failure_stored_while_the_alert_engine_was_down_is_alerted_after_restart(
+    alert_rig: AlertRig,
+) -> None:
+    rig = alert_rig
+    first = rig.start()
+    rig.publish(txn("402511000140"), failed("402511000140", "S-140", "AC01"))
+    rig.wait_alert("SETTLEMENT_FAILED", where=lambda a: a.rrn == "402511000140")
+    first.stop()
+    # As if collector c1 had been killed right after its ingest committed these, before
+    # its alert engine saw them: stored under its id, never alerted.
+    terms = first.collector.store.terms
+    stored_by_c1 = Store(rig.rig.database_url, terms, collector_id="c1")
+    stored_by_c1.ingest([txn("402511000141"), failed("402511000141", "S-141", "AC04")])
+    stored_by_c1.close()
+    rig.start()
+    again = rig.wait_alert("SETTLEMENT_FAILED", where=lambda a: a.rrn == "402511000141")
+    assert again.cause.value == "ACCOUNT_INFO"
+    time.sleep(0.5)
+    assert len([a for a in rig.alerts("SETTLEMENT_FAILED") if a.rrn == "402511000140"]) == 1, (
+        "the alert fired before the restart is not fired again"
+    )
+
+
+def test_two_collectors_on_one_postgresql_alert_each_failure_once(
+    postgres_url: str, broker: Broker, prefix: str, listener_factory: Any
+) -> None:
+    with rig_on(postgres_url, broker, prefix) as rig:
+        listener = listener_factory(broker, prefix)
+        alerts = AlertRig(rig, listener, AlertStore(rig.reader.engine, "test", []))
+        for collector_id in ("c1", "c2"):
+            config = rig.config(
+                collector_id, ingest={"shared_group": "posmon"}, mqtt={"protocol": "5"}
+            )
+            rig.start(config)
+        rig.wait_subscribed()
+        sales = [f"40251100015{n}" for n in range(10)]
+        for n, rrn in enumerate(sales):
+            alerts.publish(txn(rrn), failed(rrn, f"S-15{n}", "AC01", bank=f"02{n:02d}"))
+        wait_until(lambda: len(alerts.alerts("SETTLEMENT_FAILED")) >= 10, 15, "ten alerts")
+        time.sleep(1.0)
+        published = sorted(a.rrn or "" for a in alerts.alerts("SETTLEMENT_FAILED"))
+        assert published == sorted(sales), "each failure alerted once, by one collector"
+        stored = alerts.store.find(alert_type="SETTLEMENT_FAILED")
+        assert len(stored) == 10 and {row["collector_id"] for row in stored} <= {"c1", "c2"}
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def posmon(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "posmon"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_alerts_commands_list_show_acknowledge_and_silence(tmp_path: Path) -> None:
+    from collector.config import CollectorConfig
+    from collector.rules import AlertType, Candidate
+    from collector.terms import SettlementTerms
+    from posmon.wire.models import Cause
+
+    url = f"sqlite:///{tmp_path}/posmon.db"
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n')
+    store = Store(url, SettlementTerms(CollectorConfig()))
+    store.migrate()
+    alerts = AlertStore(store.engine, "c1", ["mqtt"])
+    fired = alerts.fire(
+        Candidate(
+            type=AlertType.SETTLEMENT_FAILED,
+            fingerprint=f"SETTLEMENT_FAILED:{TID}:402511000160",
+            cause=Cause.ACCOUNT_INFO,
+            summary=f"TID {TID} RRN 402511000160: settlement failed, 128.00 CNY not credited",
+            tid=TID,
+            rrn="402511000160",
+            bank_code=BANK,
+            amount_at_risk=12_800,
+            currency="CNY",
+            details={"evidence": ["reason code AC01: 收款账号错误 (incorrect account number)"]},
+        ),
+        datetime.now(UTC),
+    )
+    store.close()
+    assert fired is not None
+    alert_id = fired["alert_id"]
+
+    listed = posmon("alerts", "list", "-c", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (line,) = listed.stdout.splitlines()
+    assert AlertEvent.from_json(line).alert_id == alert_id
+
+    shown = posmon("alerts", "show", alert_id, "-c", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert "AC01" in shown.stdout and "fired by c1" in shown.stdout
+
+    acked = posmon(
+        "alerts", "ack", alert_id, "--by", "ops-li", "--note", "calling", "-c", str(config)
+    )
+    assert acked.returncode == 0 and "acknowledged by ops-li" in acked.stdout
+    again = posmon("alerts", "ack", alert_id, "--by", "ops-li", "-c", str(config))
+    assert again.returncode == 1 and "is acknowledged, not firing" in again.stderr
+    missing = posmon("alerts", "ack", "no-such-alert", "--by", "ops-li", "-c", str(config))
+    assert missing.returncode == 1 and "no alert no-such-alert" in missing.stderr
+
+    table = posmon("alerts", "list", "-c", str(config), "--status", "acknowledged")
+    assert "SETTLEMENT_FAILED" in table.stdout and "ACCOUNT_INFO" in table.stdout
+
+    silenced = posmon(
+        "alerts", "silence", "--bank", BANK, "--for", "2h", "--by", "ops-li",
+        "--reason", "bank maintenance", "--maintenance", "-c", str(config),
+    )  # fmt: skip
+    assert silenced.returncode == 0, silenced.stderr
+    assert silenced.stdout.startswith("silence S-")
+    listed_silences = posmon("alerts", "silences", "-c", str(config))
+    assert (
+        "bank_code=0102" in listed_silences.stdout and "bank maintenance" in listed_silences.stdout
+    )
+
+    unbounded = posmon(
+        "alerts", "silence", "--bank", BANK, "--by", "x", "--reason", "y", "-c", str(config)
+    )
+    assert unbounded.returncode == 2 and "--for" in unbounded.stderr
+    matches_all = posmon(
+        "alerts", "silence", "--for", "1h", "--by", "x", "--reason", "y", "-c", str(config)
+    )
+    assert matches_all.returncode == 2 and "needs a type, bank" in matches_all.stderr
