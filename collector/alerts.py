@@ -114,12 +114,17 @@ class AlertEngine:
         clock: Callable[[], datetime],
         *,
         on_queued: Callable[[], None] = lambda: None,
+        on_fact: Callable[[str, dict[str, Any]], None] = lambda table, row: None,
+        on_alert: Callable[[dict[str, Any]], None] = lambda row: None,
     ) -> None:
         self.config = config
         self.settings = config.alerts
         self.store = store
         self.clock = clock
         self.on_queued = on_queued
+        # Each new row of a followed table, and each alert fired or resolved (metrics).
+        self.on_fact = on_fact
+        self.on_alert = on_alert
         self.wake = threading.Event()
         self.fired = 0
         self.resolved = 0
@@ -233,6 +238,7 @@ class AlertEngine:
         tail = self.tails.setdefault(name, Tail(0))
         fresh = tail.take(read(tail.position, TAIL_BATCH))
         for row in fresh:
+            self.on_fact(name, row)
             handle(row)
         return len(fresh)
 
@@ -645,6 +651,7 @@ class AlertEngine:
                 f" [muted: {silence.reason}]" if silence else "",
             )
             self.on_queued()
+            self.on_alert(row)
         return row
 
     def _resolve(self, fingerprint: str, now: datetime, note: str) -> None:
@@ -656,6 +663,7 @@ class AlertEngine:
             self.resolved += 1
             logger.info("alert %s %s resolved: %s", row["type"], row["alert_id"], note)
             self.on_queued()
+            self.on_alert(row)
 
 
 def _types(types: Iterable[AlertType]) -> list[str]:

@@ -530,6 +530,14 @@ class AlertStore:
                 log.note,
                 func.coalesce(txn.tid, settled.tid).label("tid"),
                 func.coalesce(txn.rrn, settled.rrn).label("rrn"),
+                # For the metrics (collector/metrics.py): amounts, bank, time to money.
+                func.coalesce(txn.mid, settled.mid).label("mid"),
+                func.coalesce(txn.amount, settled.amount).label("amount"),
+                txn.expected_net,
+                txn.terminal_time,
+                settled.net_amount,
+                settled.bank_code,
+                settled.settled_at,
             )
             .select_from(
                 outcome_log.outerjoin(transactions, txn.id == log.transaction_id).outerjoin(
@@ -544,7 +552,11 @@ class AlertStore:
 
     def status_rows(self, after: int, limit: int) -> list[dict[str, Any]]:
         key = status_events.c
-        columns = (key.id, key.tid, key.link_up, key.saf_pending, key.observed_at)
+        columns = (
+            *(key.id, key.tid, key.link_up, key.saf_pending, key.observed_at),
+            # For the metrics (collector/metrics.py).
+            *(key.serial_ok, key.rssi_dbm, key.host_rtt_ms, key.battery_pct),
+        )
         return self._rows(select(*columns).where(key.id > after).order_by(key.id).limit(limit))
 
     def batch_rows(self, after: int, limit: int) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from datetime import datetime, time
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from collector.alertconfig import AlertsSection, NotifySection
 from posmon.config import RoleSettings, Section, TimeZoneName
@@ -119,6 +119,57 @@ class HttpSection(Section):
     port: int = Field(8470, ge=0, le=65535, description="Port to listen on (0: any free).")
 
 
+class MetricsSection(Section):
+    """Metrics to InfluxDB over the v1 HTTP API (/write); off when `url` is not set.
+
+    The same settings serve InfluxDB 1.8+ (database, user and password), 2.x (its v1
+    compatibility API: a DBRP mapping from `database`/`retention_policy` to a bucket, any
+    username and a token as the password) and 3.x (the database, a token as the
+    password). docs/metrics.md has the details for each.
+    """
+
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#]+/?$",
+        description="InfluxDB base URL, e.g. http://127.0.0.1:8086; unset: no metrics.",
+    )
+    database: str = Field(
+        "posmon",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Database (2.x: the DBRP mapping's database; 3.x: the database).",
+    )
+    retention_policy: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Retention policy (`rp`); unset: the database's default.",
+    )
+    username: str | None = Field(None, description="User (2.x: any name; 3.x: ignored).")
+    password: SecretStr | None = Field(
+        None, description="Password (2.x and 3.x: an API token with write access)."
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Points per write request.")
+    flush_interval_s: float = Field(
+        1.0, gt=0, le=60, description="Longest a point waits before it is written."
+    )
+    buffer_limit: int = Field(
+        50_000,
+        ge=100,
+        le=5_000_000,
+        description="Points held while InfluxDB is slow or down; beyond it the oldest are "
+        "dropped (and counted).",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one write request.")
+    retry_max_s: float = Field(
+        30.0, gt=0, le=600, description="Longest wait between retries while InfluxDB is down."
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.username is not None and self.password is None:
+            raise ValueError("metrics: a username needs a password (or token)")
+        return self
+
+
 class CollectorConfig(RoleSettings):
     """Everything `posmon collector run` needs."""
 
@@ -132,6 +183,7 @@ class CollectorConfig(RoleSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     notify: NotifySection = Field(default_factory=NotifySection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     @model_validator(mode="after")
     def _unique_merchants(self) -> Self:

@@ -12,6 +12,7 @@ from collector.config import CollectorConfig
 from collector.correlate import Outcome
 from collector.http import HttpServer, create_app
 from collector.ingest import Ingestor
+from collector.metrics import Recorder, metrics_sink
 from collector.notify import Dispatcher, channels_for
 from collector.overdue import OverdueWatch
 from collector.store import OutcomeChange, Store
@@ -74,8 +75,20 @@ class Collector:
         self.dispatchers = [
             Dispatcher(channel, self.alert_store, config.notify) for channel in channels
         ]
+        self.metrics = metrics_sink(config.metrics)
+        self.recorder = Recorder(
+            self.metrics,
+            self.clock.now,
+            self.id,
+            silent_after_s=config.alerts.heartbeat_timeout_s,
+        )
         self.alerts = AlertEngine(
-            config, self.alert_store, self.clock.now, on_queued=self._wake_dispatchers
+            config,
+            self.alert_store,
+            self.clock.now,
+            on_queued=self._wake_dispatchers,
+            on_fact=self.recorder.fact,
+            on_alert=self.recorder.alert,
         )
         self.http: HttpServer | None = None
         if config.http.enabled:
@@ -112,6 +125,7 @@ class Collector:
             "alerts_resolved": self.alerts.resolved,
             **{f"notified.{d.channel.name}": d.delivered for d in self.dispatchers},
             **{f"notify_failures.{d.channel.name}": d.failures for d in self.dispatchers},
+            **{f"metrics.{name}": value for name, value in self.metrics.counters().items()},
         }
 
     def run(self, stop: threading.Event) -> None:
@@ -130,6 +144,7 @@ class Collector:
             )
             for dispatcher in self.dispatchers
         )
+        self.metrics.start()
         for thread in threads:
             thread.start()
         if self.http is not None:
@@ -144,6 +159,7 @@ class Collector:
         )
         while True:
             self.store.record_collector(self.started_at, self.ingestor.filters, self.status())
+            self.recorder.heartbeat(self.status(), self.alerts)
             if stop.wait(HEARTBEAT_S):
                 break
         for thread in threads:
@@ -151,5 +167,7 @@ class Collector:
         if self.http is not None:
             self.http.stop()
         self.store.record_collector(self.started_at, self.ingestor.filters, self.status())
+        self.recorder.heartbeat(self.status(), self.alerts)
+        self.metrics.close(timeout=10)
         logger.info("collector %s stopped; %s", self.id, self.status())
         self.store.close()

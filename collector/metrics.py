@@ -1,0 +1,329 @@
+"""Metrics: what the collector measures, as samples handed to a sink that never blocks.
+
+The alert engine already reads every new transaction, status, batch and settlement
+outcome (it follows those tables by id); the `Recorder` rides on that one reader through
+the engine's `on_fact` and `on_alert` hooks, and on the collector's heartbeat for its own
+health and the fleet's. It turns each into a `Sample` and gives it to a `MetricsSink`,
+whose `submit()` only queues: a slow or absent InfluxDB never slows ingest or alerts.
+`collector/influx.py` is the sink that writes to InfluxDB, the only module that talks to
+it. The measurements, their tags (kept to bounded sets) and fields are documented in
+docs/metrics.md; the dashboards in `dashboards/` query exactly these names.
+
+Every sample is stamped with the collector's clock when the collector handles the fact
+(milliseconds after it is stored), so a simulation on an accelerated clock writes its
+metrics on the same virtual timeline as its alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from collector.correlate import Outcome
+from collector.rules import LinkWatch
+
+if TYPE_CHECKING:
+    from collector.config import MetricsSection
+
+logger = logging.getLogger(__name__)
+
+FieldValue = int | float | bool | str
+
+# Measurement names: the dashboards and docs/metrics.md use these.
+TRANSACTIONS = "transactions"
+TERMINAL_STATUS = "terminal_status"
+BATCHES = "batches"
+SETTLEMENTS = "settlements"
+ALERTS = "alerts"
+CASES = "cases"
+COLLECTOR = "collector"
+FLEET = "fleet"
+
+# Settlement outcomes that count against the success rate; SETTLED counts for it. Pending,
+# cancelled and not-expected outcomes are no verdict on the money and count for neither.
+FAILURES = frozenset(
+    {
+        Outcome.FAILED,
+        Outcome.RETURNED,
+        Outcome.OVERDUE,
+        Outcome.MISMATCH,
+        Outcome.DUPLICATE,
+        Outcome.REVERSED_BUT_SETTLED,
+        Outcome.ORPHAN,
+        Outcome.UNEXPECTED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measured point: measurement, tags (bounded sets only), fields and time."""
+
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    time: datetime
+
+
+class MetricsSink(Protocol):
+    """Where samples go. `submit` never blocks and never raises."""
+
+    def start(self) -> None: ...
+
+    def submit(self, sample: Sample) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+class FleetView(Protocol):
+    """What the alert engine knows of the terminals (collector.alerts.AlertEngine)."""
+
+    last_seen: dict[str, datetime]  # tid -> latest status time, the agent's wall clock
+    links: LinkWatch
+    open: set[str]  # fingerprints of the open alerts
+
+
+class NoMetrics:
+    """The sink when no metrics are configured: samples go nowhere, at no cost."""
+
+    def start(self) -> None:
+        return None
+
+    def submit(self, sample: Sample) -> None:
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def close(self, timeout: float) -> None:
+        return None
+
+
+def metrics_sink(section: MetricsSection) -> MetricsSink:
+    """The InfluxDB sink when `[metrics] url` is set, else `NoMetrics`."""
+    if section.url is None:
+        return NoMetrics()
+    from collector.influx import InfluxSink  # noqa: PLC0415 - loads the client library
+
+    return InfluxSink(section)
+
+
+def _tags(**values: str | None) -> dict[str, str]:
+    """Tags without the empty ones (line protocol has no empty tag value)."""
+    return {key: value for key, value in values.items() if value}
+
+
+def _fields(**values: FieldValue | None) -> dict[str, FieldValue]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class Recorder:
+    """Turns the collector's facts, alerts and health into samples for a sink."""
+
+    def __init__(
+        self,
+        sink: MetricsSink,
+        clock: Callable[[], datetime],
+        collector_id: str,
+        *,
+        silent_after_s: float,
+    ) -> None:
+        self.sink = sink
+        self.clock = clock
+        self.collector_id = collector_id
+        self.silent_after_s = silent_after_s  # no status for this long: offline
+        self._handlers: dict[str, Callable[[dict[str, Any]], Sample | None]] = {
+            "transactions": self._transaction,
+            "status_events": self._status,
+            "batches": self._batch,
+            "outcome_log": self._outcome,
+        }
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def fact(self, table: str, row: dict[str, Any]) -> None:
+        """A new row of a table the alert engine follows (its `on_fact` hook)."""
+        handler = self._handlers.get(table)
+        if handler is None:
+            return
+        try:
+            sample = handler(row)
+        except Exception:  # a row the metrics cannot read must not stop the alert engine
+            logger.exception("metrics: cannot record %s row %s", table, row.get("id"))
+            return
+        if sample is not None:
+            self.sink.submit(sample)
+
+    def alert(self, row: dict[str, Any]) -> None:
+        """An alert fired or resolved (the engine's `on_alert` hook): one point, also an
+        annotation on the dashboards."""
+        try:
+            sample = self._alert(row)
+        except Exception:  # as for facts: metrics never stop the alert engine
+            logger.exception("metrics: cannot record alert %s", row.get("alert_id"))
+            return
+        self.sink.submit(sample)
+
+    def _alert(self, row: dict[str, Any]) -> Sample:
+        state = "resolved" if row["status"] == "resolved" else "firing"
+        return Sample(
+            ALERTS,
+            _tags(type=row["type"], severity=row["severity"], cause=row["cause"], state=state),
+            _fields(
+                count=1,
+                amount_at_risk=row["amount_at_risk"],
+                alert_id=row["alert_id"],
+                summary=row["summary"],
+                tid=row["tid"],
+                mid=row["mid"],
+                bank_code=row["bank_code"],
+            ),
+            self.clock(),
+        )
+
+    def case(
+        self,
+        *,
+        case_id: str,
+        state: str,
+        cause: str,
+        age_s: float,
+        amount: int,
+        sla_breached: bool,
+    ) -> None:
+        """A re-remittance case changed (issue 6 calls this on every change of a case).
+
+        `state` and `cause` are tags (a handful of values each); the case id is a field,
+        so the number of series does not grow with the number of cases.
+        """
+        self.sink.submit(
+            Sample(
+                CASES,
+                _tags(state=state, cause=cause),
+                {
+                    "count": 1,
+                    "case_id": case_id,
+                    "age_s": float(age_s),
+                    "amount": amount,
+                    "sla_breached": int(sla_breached),
+                },
+                self.clock(),
+            )
+        )
+
+    def heartbeat(self, status: Mapping[str, Any], fleet: FleetView) -> None:
+        """The collector's own health and its view of the fleet, once a heartbeat."""
+        now = self.clock()
+        counters = self.sink.counters()
+        stored = sum(v for k, v in status.items() if k.startswith("stored.") and v is not None)
+        self.sink.submit(
+            Sample(
+                COLLECTOR,
+                {"collector": self.collector_id},
+                _fields(
+                    received=int(status.get("received", 0)),
+                    stored=int(stored),
+                    dead_letters=int(status.get("deadletters", 0)),
+                    lag_s=float(status["lag_s"]) if status.get("lag_s") is not None else None,
+                    mqtt_connected=int(bool(status.get("mqtt_connected"))),
+                    alerts_fired=int(status.get("alerts_fired", 0)),
+                    alerts_resolved=int(status.get("alerts_resolved", 0)),
+                    metrics_written=counters.get("written", 0),
+                    metrics_dropped=counters.get("dropped", 0),
+                    metrics_buffered=counters.get("buffered", 0),
+                ),
+                now,
+            )
+        )
+        # Copies: the alert engine's thread changes these while the heartbeat reads them.
+        last_seen, links = dict(fleet.last_seen), dict(fleet.links.last)
+        wall = datetime.now(UTC)  # statuses carry the agents' wall clock
+        silent = sum(
+            1 for seen in last_seen.values() if (wall - seen).total_seconds() > self.silent_after_s
+        )
+        self.sink.submit(
+            Sample(
+                FLEET,
+                {"collector": self.collector_id},
+                {
+                    "terminals": len(last_seen),
+                    "online": len(last_seen) - silent,
+                    "offline": silent,
+                    "links_down": sum(1 for link_up, _ in links.values() if not link_up),
+                    "saf_pending": sum(saf for _, saf in links.values()),
+                    "alerts_open": len(fleet.open),
+                },
+                now,
+            )
+        )
+
+    # --- the followed tables --------------------------------------------------------------
+
+    def _transaction(self, row: dict[str, Any]) -> Sample:
+        approved = bool(row["approved"])
+        return Sample(
+            TRANSACTIONS,
+            _tags(
+                tid=row["tid"],
+                mid=row["mid"],
+                kind=row["kind"],
+                approved="true" if approved else "false",
+                currency=row.get("currency"),
+            ),
+            {"count": 1, "amount": int(row["amount"]), "approval": int(approved)},
+            self.clock(),
+        )
+
+    def _status(self, row: dict[str, Any]) -> Sample:
+        serial_ok = row.get("serial_ok")
+        return Sample(
+            TERMINAL_STATUS,
+            {"tid": row["tid"]},
+            _fields(
+                link_up=int(bool(row["link_up"])),
+                saf_pending=int(row["saf_pending"]),
+                serial_ok=int(bool(serial_ok)) if serial_ok is not None else None,
+                rssi_dbm=row.get("rssi_dbm"),
+                host_rtt_ms=row.get("host_rtt_ms"),
+                battery=row.get("battery_pct"),
+            ),
+            self.clock(),
+        )
+
+    def _batch(self, row: dict[str, Any]) -> Sample:
+        return Sample(
+            BATCHES,
+            _tags(tid=row["tid"], mid=row["mid"], result=row["result"]),
+            {"count": int(row["count"]), "total": int(row["total"]), "closes": 1},
+            self.clock(),
+        )
+
+    def _outcome(self, row: dict[str, Any]) -> Sample:
+        outcome = Outcome(row["outcome"])
+        success: int | None = None
+        if outcome is Outcome.SETTLED:
+            success = 1
+        elif outcome in FAILURES:
+            success = 0
+        latency: float | None = None
+        settled_at, traded_at = row.get("settled_at"), row.get("terminal_time")
+        if outcome is Outcome.SETTLED and settled_at is not None and traded_at is not None:
+            latency = (settled_at - traded_at).total_seconds()
+        return Sample(
+            SETTLEMENTS,
+            _tags(outcome=outcome.value, mid=row.get("mid"), bank_code=row.get("bank_code")),
+            _fields(
+                count=1,
+                success=success,
+                amount=row.get("amount"),
+                expected_net=row.get("expected_net"),
+                net=row.get("net_amount"),
+                latency_s=latency,
+            ),
+            self.clock(),
+        )
