@@ -17,7 +17,7 @@ metrics on the same virtual timeline as its alerts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +41,53 @@ ALERTS = "alerts"
 CASES = "cases"
 COLLECTOR = "collector"
 FLEET = "fleet"
+
+# What each measurement carries: (tags, fields). docs/metrics.md describes them; the
+# dashboards' test fails on a panel that names anything else.
+SCHEMA: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    TRANSACTIONS: (
+        frozenset({"tid", "mid", "kind", "approved", "currency"}),
+        frozenset({"count", "amount", "approval"}),
+    ),
+    TERMINAL_STATUS: (
+        frozenset({"tid"}),
+        frozenset({"link_up", "saf_pending", "serial_ok", "rssi_dbm", "host_rtt_ms", "battery"}),
+    ),
+    BATCHES: (frozenset({"tid", "mid", "result"}), frozenset({"count", "total", "closes"})),
+    SETTLEMENTS: (
+        frozenset({"outcome", "mid", "bank_code"}),
+        frozenset({"count", "success", "amount", "expected_net", "net", "latency_s"}),
+    ),
+    ALERTS: (
+        frozenset({"type", "severity", "cause", "state"}),
+        frozenset({"count", "amount_at_risk", "alert_id", "summary", "tid", "mid", "bank_code"}),
+    ),
+    CASES: (
+        frozenset({"state", "cause"}),
+        frozenset({"count", "amount", "oldest_age_s", "sla_breached"}),
+    ),
+    COLLECTOR: (
+        frozenset({"collector"}),
+        frozenset(
+            {
+                "received",
+                "stored",
+                "dead_letters",
+                "lag_s",
+                "mqtt_connected",
+                "alerts_fired",
+                "alerts_resolved",
+                "metrics_written",
+                "metrics_dropped",
+                "metrics_buffered",
+            }
+        ),
+    ),
+    FLEET: (
+        frozenset({"collector"}),
+        frozenset({"terminals", "online", "offline", "links_down", "saf_pending", "alerts_open"}),
+    ),
+}
 
 # Settlement outcomes that count against the success rate; SETTLED counts for it. Pending,
 # cancelled and not-expected outcomes are no verdict on the money and count for neither.
@@ -78,6 +125,18 @@ class MetricsSink(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     def close(self, timeout: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CaseGauge:
+    """The re-remittance cases in one state with one cause, at one moment (issue 6)."""
+
+    state: str  # OPEN, VERIFYING, SUBMITTED, BANK_PROCESSING, REMITTED, CONFIRMED ...
+    cause: str  # a contract cause: NETWORK, ACCOUNT_INFO ...
+    count: int
+    amount: int  # minor units owed to the merchants in these cases
+    oldest_age_s: float  # the oldest of them, seconds since it was opened
+    sla_breached: int  # how many are held in this state longer than its SLA
 
 
 class FleetView(Protocol):
@@ -186,35 +245,26 @@ class Recorder:
             self.clock(),
         )
 
-    def case(
-        self,
-        *,
-        case_id: str,
-        state: str,
-        cause: str,
-        age_s: float,
-        amount: int,
-        sla_breached: bool,
-    ) -> None:
-        """A re-remittance case changed (issue 6 calls this on every change of a case).
-
-        `state` and `cause` are tags (a handful of values each); the case id is a field,
-        so the number of series does not grow with the number of cases.
+    def cases(self, gauges: Iterable[CaseGauge]) -> None:
+        """Where the re-remittance cases stand, once a heartbeat: one point per (state,
+        cause) that has cases. This is the hook for issue 6: its case store hands its
+        gauges here from the collector's heartbeat; nothing calls it until cases exist.
         """
-        self.sink.submit(
-            Sample(
-                CASES,
-                _tags(state=state, cause=cause),
-                {
-                    "count": 1,
-                    "case_id": case_id,
-                    "age_s": float(age_s),
-                    "amount": amount,
-                    "sla_breached": int(sla_breached),
-                },
-                self.clock(),
+        now = self.clock()
+        for gauge in gauges:
+            self.sink.submit(
+                Sample(
+                    CASES,
+                    {"state": gauge.state, "cause": gauge.cause},
+                    {
+                        "count": gauge.count,
+                        "amount": gauge.amount,
+                        "oldest_age_s": float(gauge.oldest_age_s),
+                        "sla_breached": gauge.sla_breached,
+                    },
+                    now,
+                )
             )
-        )
 
     def heartbeat(self, status: Mapping[str, Any], fleet: FleetView) -> None:
         """The collector's own health and its view of the fleet, once a heartbeat."""

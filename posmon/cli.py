@@ -155,6 +155,7 @@ ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("collector.cli", "settlement_app", "settlement"),
     ("collector.cli", "alerts_app", "alerts"),
     ("simulators.cli", "app", "simulate"),
+    ("dashboards.cli", "app", "dashboards"),
 ]
 
 

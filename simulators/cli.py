@@ -518,6 +518,17 @@ def scenario(
         Path | None,
         typer.Option(file_okay=False, help="Folder for the run's files; default ./runs/NAME."),
     ] = None,
+    influx: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Write the collector's metrics to this InfluxDB (http://host:8086); "
+            "the dashboards in dashboards/ read them.",
+        ),
+    ] = None,
+    influx_db: Annotated[
+        str, typer.Option(metavar="NAME", help="InfluxDB database for --influx.")
+    ] = "posmon",
 ) -> None:
     """Run a scenario: simulated terminals on pseudo-terminals read by `posmon agent run`,
     the collector and the acquirer simulator on one accelerated clock, the faults the file
@@ -536,7 +547,8 @@ def scenario(
     for name, level in (("collector", logging.ERROR), ("simulators", logging.WARNING)):
         logging.getLogger(name).setLevel(level)
     stop = threading.Event()
-    run = ScenarioRun(plan, folder, broker_url=broker, on_tick=_tick, stop=stop)
+    metrics = _metrics_section(influx, influx_db)
+    run = ScenarioRun(plan, folder, broker_url=broker, metrics=metrics, on_tick=_tick, stop=stop)
     total = plan.time.traffic_s + plan.time.settle_s
     typer.echo(
         f"scenario {plan.name!r}: {plan.fleet.terminals} terminals, {total:.0f} s "
@@ -553,6 +565,23 @@ def scenario(
     typer.echo(f"report: {files.report}")
     if not result.passed():
         raise typer.Exit(1)
+
+
+def _metrics_section(url: str | None, database: str) -> dict[str, Any] | None:
+    """The collector's [metrics] for --influx, checked now rather than after the start."""
+    if url is None:
+        return None
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from collector.config import MetricsSection  # noqa: PLC0415
+
+    section = {"url": url, "database": database}
+    try:
+        MetricsSection.model_validate(section)
+    except ValidationError as exc:
+        typer.echo(f"--influx/--influx-db: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return section
 
 
 _last_tick = [0.0]

@@ -366,6 +366,8 @@ class ScenarioRun:
     scenario: ScenarioFile
     folder: Path
     broker_url: str | None = None
+    # The collector's [metrics] section (url, database ...): the run's metrics to InfluxDB.
+    metrics: dict[str, Any] | None = None
     on_tick: Callable[[ScenarioRun, float], None] = lambda run, elapsed: None
     stop: threading.Event = field(default_factory=threading.Event)
     prefix: str = field(default_factory=lambda: f"posmon/sim-{uuid.uuid4().hex[:8]}")
@@ -395,7 +397,7 @@ class ScenarioRun:
                 mqtt = mqtt_settings(self.broker_url, self.prefix)
             anchor = datetime.now(UTC)
             clock = SimClock(scenario.time.origin, scenario.time.scale, anchor)
-            config = collector_config(scenario, mqtt, files.database, anchor)
+            config = collector_config(scenario, mqtt, files.database, anchor, metrics=self.metrics)
             self.collector = Collector(config)
             collector_stop = threading.Event()
             collector_thread = threading.Thread(
@@ -587,9 +589,15 @@ def mqtt_settings(url: str, prefix: str) -> MqttSettings:
 
 
 def collector_config(
-    scenario: ScenarioFile, mqtt: MqttSettings, database: Path, anchor: datetime
+    scenario: ScenarioFile,
+    mqtt: MqttSettings,
+    database: Path,
+    anchor: datetime,
+    *,
+    metrics: dict[str, Any] | None = None,
 ) -> Any:
-    """The collector's configuration: the scenario's merchants and clock, SQLite, no HTTP."""
+    """The collector's configuration: the scenario's merchants and clock, SQLite, no HTTP,
+    and `metrics` as its [metrics] section (none: no metrics)."""
     from collector.config import CollectorConfig  # noqa: PLC0415
 
     merchants = [
@@ -631,6 +639,7 @@ def collector_config(
             "alerts": scenario.collector.get("alerts", {}),
             "notify": scenario.collector.get("notify", {}),
             "ingest": scenario.collector.get("ingest", {}),
+            "metrics": metrics or {},
         }
     )
 
