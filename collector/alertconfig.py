@@ -108,3 +108,37 @@ class NotifySection(Section):
         if len(set(names)) != len(names):
             raise ValueError("channel names must be unique (and not 'mqtt')")
         return self
+
+
+def _default_sla() -> dict[str, float]:
+    return {
+        "OPEN": 4.0,
+        "VERIFYING": 24.0,
+        "SUBMITTED": 24.0,
+        "BANK_PROCESSING": 72.0,
+        "REMITTED": 48.0,
+        "REJECTED": 24.0,
+    }
+
+
+class CasesSection(Section):
+    """Re-remittance (补划款) cases: which causes open one, how long each state may last."""
+
+    open_for: list[Cause] = Field(
+        default_factory=lambda: list(Cause),
+        description="Causes whose failed, returned or overdue sales get a case.",
+    )
+    sla_hours: dict[str, float] = Field(
+        default_factory=_default_sla,
+        description="Hours a case may stay in a state before CASE_SLA_BREACHED.",
+    )
+
+    @model_validator(mode="after")
+    def _states(self) -> Self:
+        from collector.cases import CaseState  # noqa: PLC0415 - no cycle at import
+
+        known = {state.value for state in CaseState}
+        unknown = set(self.sla_hours) - known
+        if unknown:
+            raise ValueError(f"sla_hours: unknown state {', '.join(sorted(unknown))}")
+        return self

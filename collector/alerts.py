@@ -23,6 +23,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from collector.alertstore import AlertStore
+from collector.cases import CaseError, CaseState, original_arrived, remittance_arrived
+from collector.casestore import OPEN_CASE_STATES, CaseStore
 from collector.classify import Classification, Facts, classify
 from collector.config import CollectorConfig
 from collector.correlate import EXPECTS_MONEY, Outcome
@@ -36,10 +38,15 @@ from collector.rules import (
     LinkWatch,
     txn_fingerprint,
 )
+from posmon.reasons import remedy_for
 from posmon.wire.models import Cause
 
 logger = logging.getLogger(__name__)
 
+# Alerts whose transaction is owed money a re-remittance can bring.
+CASE_ALERTS = frozenset(
+    {AlertType.SETTLEMENT_FAILED, AlertType.SETTLEMENT_RETURNED, AlertType.SETTLEMENT_OVERDUE}
+)
 # Causes that a cluster of failures at one bank can stand for.
 BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value, Cause.UNKNOWN.value})
 # A gap in a followed table's ids (a transaction that took an id and has not committed
@@ -116,9 +123,14 @@ class AlertEngine:
         on_queued: Callable[[], None] = lambda: None,
         on_fact: Callable[[str, dict[str, Any]], None] = lambda table, row: None,
         on_alert: Callable[[dict[str, Any]], None] = lambda row: None,
+        cases: CaseStore | None = None,
     ) -> None:
         self.config = config
         self.settings = config.alerts
+        self.cases = cases
+        self.case_causes = {cause.value for cause in config.cases.open_for}
+        # Transactions with a case still open -> its id: their settlements move the case.
+        self.case_txns: dict[int, str] = {}
         self.store = store
         self.clock = clock
         self.on_queued = on_queued
@@ -156,6 +168,9 @@ class AlertEngine:
             positions = self.store.end_positions()
             self.store.save_positions(positions, self.clock())
         self.tails = {name: Tail(position) for name, position in positions.items()}
+        if self.cases is not None:
+            for case in self.cases.find(state="open", limit=1_000_000):
+                self.case_txns[case["transaction_id"]] = case["case_id"]
         self.open = self.store.open_fingerprints()
         self._seeded_upto = self.store.end_positions()["transactions"]
         for row in self.store.unclosed_batches():
@@ -264,6 +279,8 @@ class AlertEngine:
                     now,
                     f"matched to TID {tid} RRN {rrn}",
                 )
+                if self.cases is not None:
+                    self._case_settlement(row, now)
         alert_type = OUTCOME_ALERT.get(outcome)
         if alert_type is None:
             return
@@ -278,9 +295,116 @@ class AlertEngine:
         if at_bank:
             group = self.store.open_alert(f"{AlertType.BANK_OUTAGE.value}:{candidate.bank_code}")
             group_id = group["alert_id"] if group else None
-        fired = self._fire(candidate, now, group_id=group_id)
+        case_id = None
+        if alert_type in CASE_ALERTS and row["transaction_id"] is not None:
+            case_id = self._open_case(row["transaction_id"], candidate, now)
+        fired = self._fire(candidate, now, group_id=group_id, case_id=case_id)
+        if fired and case_id is not None and self.cases is not None:
+            self.cases.annotate(case_id, alert_id=fired["alert_id"])
         if fired and at_bank and group_id is None and candidate.bank_code:
             self._bank_outage(candidate.bank_code, now)
+
+    # --- re-remittance cases --------------------------------------------------------------
+
+    def _open_case(self, txn_id: int, candidate: Candidate, now: datetime) -> str | None:
+        """The transaction's case, opened (once) when its cause calls for a re-remittance."""
+        if self.cases is None or candidate.cause.value not in self.case_causes:
+            return None
+        txn = self.store.transaction_by_id(txn_id)
+        if txn is None:
+            return None
+        settlement = (candidate.details or {}).get("settlement") or {}
+        remedy = remedy_for(settlement.get("reason_code"))
+        opened = self.cases.open(
+            txn,
+            cause=candidate.cause.value,
+            now=now,
+            actor=f"collector:{self.store.collector_id}",
+            remedy=remedy,
+            bank_code=candidate.bank_code,
+        )
+        case = opened.case
+        if case["state"] in OPEN_CASE_STATES:
+            self.case_txns[txn_id] = case["case_id"]
+        if opened.created:
+            logger.warning(
+                "case %s opened for TID %s RRN %s (%s, %s)",
+                case["case_id"],
+                case["tid"],
+                case["rrn"],
+                case["cause"],
+                money(case["amount"], case["currency"]),
+            )
+        return str(case["case_id"])
+
+    def _case_settlement(self, row: dict[str, Any], now: datetime) -> None:
+        """A settlement of a transaction with an open case: the money arrived, or the
+        original credit came after all."""
+        assert self.cases is not None
+        case_id = self.case_txns.get(row["transaction_id"])
+        settlement = self.store.settlement_by_id(row["settlement_id"]) if case_id else None
+        if case_id is None or settlement is None or settlement["status"] != "CREDITED":
+            return
+        case = self.cases.get(case_id)
+        if case is None:
+            return
+        state = CaseState(case["state"])
+        if settlement["kind"] == "REREMITTANCE":
+            move = remittance_arrived(
+                state, expected=case["amount"], credited=settlement["net_amount"]
+            )
+            values = {"remittance_settlement_id": settlement["settlement_id"]}
+        else:
+            move, values = original_arrived(state), {}
+        if move is None:
+            return
+        try:
+            self.cases.apply(
+                case, move, actor=f"collector:{self.store.collector_id}", now=now, values=values
+            )
+        except CaseError as exc:
+            logger.info(
+                "case %s not moved by settlement %s: %s", case_id, row["settlement_id"], exc
+            )
+            return
+        logger.info("case %s %s: %s", case_id, move.to.value, move.note)
+        if move.to.value not in OPEN_CASE_STATES:
+            self.case_txns.pop(row["transaction_id"], None)
+
+    def _case_slas(self, now: datetime) -> None:
+        """CASE_SLA_BREACHED for a case held in a state too long; resolved once it moves."""
+        assert self.cases is not None
+        for case in self.cases.past_sla(self.config.cases.sla_hours, now):
+            hours = self.config.cases.sla_hours[case["state"]]
+            self._fire(
+                Candidate(
+                    type=AlertType.CASE_SLA_BREACHED,
+                    fingerprint=f"{AlertType.CASE_SLA_BREACHED.value}:{case['case_id']}:{case['state']}",
+                    cause=Cause(case["cause"]),
+                    summary=f"Case {case['case_id']} (TID {case['tid']} RRN {case['rrn']}) "
+                    f"{case['state']} for more than {hours:g} h",
+                    tid=case["tid"],
+                    mid=case["mid"],
+                    rrn=case["rrn"],
+                    amount_at_risk=case["amount"],
+                    currency=case["currency"],
+                    details={
+                        "evidence": [f"{case['state']} since {case['state_since'].isoformat()}"],
+                        "case_id": case["case_id"],
+                        "state": case["state"],
+                        "sla_hours": hours,
+                    },
+                ),
+                now,
+            )
+            self.cases.annotate(case["case_id"], sla_breached_state=case["state"])
+        prefix = f"{AlertType.CASE_SLA_BREACHED.value}:"
+        for fingerprint in [f for f in self.open if f.startswith(prefix)]:
+            _, case_id, state = fingerprint.split(":", 2)
+            current = self.cases.get(case_id)
+            if current is None or current["state"] != state:
+                moved = current["state"] if current else "gone"
+                self._resolve(fingerprint, now, f"the case moved on to {moved}")
 
     def _settlement_candidate(
         self, alert_type: AlertType, outcome: Outcome, row: dict[str, Any], now: datetime
@@ -547,6 +671,8 @@ class AlertEngine:
             )
         self._unclosed_batches(now)
         self._outages_over(now)
+        if self.cases is not None:
+            self._case_slas(now)
         for row in self.store.renotify_due(timedelta(minutes=self.settings.renotify_min)):
             logger.info(
                 "alert %s (%s) still unacknowledged: notified again", row["alert_id"], row["type"]
@@ -633,12 +759,17 @@ class AlertEngine:
     # --- firing and resolving -----------------------------------------------------------
 
     def _fire(
-        self, candidate: Candidate, now: datetime, *, group_id: str | None = None
+        self,
+        candidate: Candidate,
+        now: datetime,
+        *,
+        group_id: str | None = None,
+        case_id: str | None = None,
     ) -> dict[str, Any] | None:
         if candidate.fingerprint in self.open:
             return None
         silence = self.store.silence_for(candidate, now)
-        row = self.store.fire(candidate, now, silence=silence, group_id=group_id)
+        row = self.store.fire(candidate, now, silence=silence, group_id=group_id, case_id=case_id)
         self.open.add(candidate.fingerprint)
         if row is not None:
             self.fired += 1

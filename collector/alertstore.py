@@ -119,6 +119,7 @@ class AlertStore:
         *,
         silence: Silence | None = None,
         group_id: str | None = None,
+        case_id: str | None = None,
     ) -> dict[str, Any] | None:
         """Store a new alert and queue its notifications; None when it is already open.
 
@@ -148,6 +149,7 @@ class AlertStore:
             "currency": candidate.currency,
             "details": details,
             "group_id": group_id,
+            "case_id": case_id,
             "silence_id": silence.silence_id if silence else None,
             "notified_at": None if silence or group_id else wall_clock(),
             "collector_id": self.collector_id,

@@ -9,7 +9,7 @@ from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.alertconfig import AlertsSection, NotifySection
+from collector.alertconfig import AlertsSection, CasesSection, NotifySection
 from posmon.config import RoleSettings, Section, TimeZoneName
 from posmon.mqtt import MqttSettings
 
@@ -183,6 +183,7 @@ class CollectorConfig(RoleSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     notify: NotifySection = Field(default_factory=NotifySection)
+    cases: CasesSection = Field(default_factory=CasesSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ class AlertType(StrEnum):
     BATCH_UNBALANCED = "BATCH_UNBALANCED"
     BANK_OUTAGE = "BANK_OUTAGE"
     DECLINE_SPIKE = "DECLINE_SPIKE"
+    CASE_SLA_BREACHED = "CASE_SLA_BREACHED"  # a re-remittance case held in a state too long
 
 
 SEVERITY: dict[AlertType, Severity] = {
@@ -52,6 +53,7 @@ SEVERITY: dict[AlertType, Severity] = {
     AlertType.BATCH_UNBALANCED: Severity.MAJOR,
     AlertType.BANK_OUTAGE: Severity.CRITICAL,
     AlertType.DECLINE_SPIKE: Severity.MINOR,
+    AlertType.CASE_SLA_BREACHED: Severity.MAJOR,
 }
 
 # A transaction's outcome that is an alert of its own.

@@ -334,3 +334,47 @@ alert_cursors = Table(
     Column("positions", JSON, nullable=False),  # table name -> last id read
     Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# --- re-remittance cases (collector/casestore.py owns their SQL) ----------------------------
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("case_id", String(32), primary_key=True),
+    # One case per original transaction, whoever opens it and however many at once.
+    Column("transaction_id", BigInteger, nullable=False, unique=True),
+    Column("tid", String(8), nullable=False),
+    Column("mid", String(15), nullable=False),
+    Column("rrn", String(12), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # what is owed: the expected net
+    Column("currency", String(3), nullable=False),
+    Column("cause", String(32), nullable=False),
+    Column("remedy", String(24)),
+    Column("alert_id", String(64)),
+    Column("state", String(16), nullable=False),
+    Column("state_since", UtcDateTime(), nullable=False),
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("bank_code", String(11)),
+    Column("account_masked", String(34)),  # corrected settlement account, masked
+    Column("rejection_reason", String(256)),
+    Column("remittance_settlement_id", String(64)),
+    Column("sla_breached_state", String(16)),  # the state whose SLA alert has fired
+    Index("ix_cases_state", "state", "state_since"),
+    Index("ix_cases_tid", "tid"),
+    Index("ix_cases_mid", "mid"),
+)
+
+# Append-only: every state change of every case, who made it and why.
+case_events = Table(
+    "case_events",
+    metadata,
+    _id(),
+    Column("case_id", String(32), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("note", Text),
+    Index("ix_case_events_case", "case_id"),
+)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from collector.alerts import AlertEngine
 from collector.alertstore import AlertStore
+from collector.casestore import CaseStore
 from collector.config import CollectorConfig
 from collector.correlate import Outcome
 from collector.http import HttpServer, create_app
@@ -82,6 +83,7 @@ class Collector:
             self.id,
             silent_after_s=config.alerts.heartbeat_timeout_s,
         )
+        self.cases = CaseStore(self.store.engine, reads=self.store.reads)
         self.alerts = AlertEngine(
             config,
             self.alert_store,
@@ -89,6 +91,7 @@ class Collector:
             on_queued=self._wake_dispatchers,
             on_fact=self.recorder.fact,
             on_alert=self.recorder.alert,
+            cases=self.cases,
         )
         self.http: HttpServer | None = None
         if config.http.enabled:

@@ -154,6 +154,7 @@ ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("collector.cli", "app", "collector"),
     ("collector.cli", "settlement_app", "settlement"),
     ("collector.cli", "alerts_app", "alerts"),
+    ("collector.cli", "cases_app", "cases"),
     ("simulators.cli", "app", "simulate"),
     ("dashboards.cli", "app", "dashboards"),
 ]

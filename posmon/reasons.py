@@ -144,3 +144,9 @@ def codes_for(cause: Cause, table: Mapping[str, ReasonCode] | None = None) -> tu
     """Every code in `table` that stands for `cause`, in table order."""
     entries = DEFAULT_REASON_CODES if table is None else table
     return tuple(code for code, reason in entries.items() if reason.cause is cause)
+
+
+def remedy_for(code: str | None, table: Mapping[str, ReasonCode] | None = None) -> str | None:
+    """What must happen before a re-remittance can succeed, by reason code (None: unknown)."""
+    reason = lookup(code, table)
+    return None if reason is None else reason.remedy.value

@@ -1,0 +1,285 @@
+"""The SQL of re-remittance cases: opening (once per transaction), moving, the audit log.
+
+Opening is an INSERT that the unique `transaction_id` lets through once: fifty collectors
+or API calls opening a case for one transaction at once get one case, and each is told
+which. A move is a compare-and-set (`UPDATE ... WHERE state = <the state it was decided
+from>`) written with its audit line in one transaction, so two people moving one case at
+once cannot both succeed from the same state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import IntegrityError
+
+from collector.cases import CaseError, CaseState, Move, manual
+from collector.schema import (
+    case_events,
+    cases,
+    outcome_log,
+    settlements,
+    status_events,
+    transactions,
+)
+
+OPEN_CASE_STATES = tuple(
+    state.value
+    for state in CaseState
+    if state not in (CaseState.CONFIRMED, CaseState.CLOSED, CaseState.CANCELLED)
+)
+
+
+def mask_account(account: str) -> str:
+    """A settlement account as it may be kept: the last four digits, the rest starred."""
+    digits = "".join(ch for ch in account if ch.isalnum())
+    if len(digits) < 8:
+        raise CaseError("an account number has at least 8 digits")
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The case for a transaction, and whether this call opened it."""
+
+    case: dict[str, Any]
+    created: bool
+
+
+class CaseStore:
+    """Cases on the collector's database engine (writes) and its read engine."""
+
+    def __init__(self, engine: Engine, *, reads: Engine | None = None) -> None:
+        self.engine = engine
+        self.reads = reads or engine
+
+    # --- opening and moving -------------------------------------------------------------
+
+    def open(
+        self,
+        txn: Mapping[str, Any],
+        *,
+        cause: str,
+        now: datetime,
+        actor: str,
+        alert_id: str | None = None,
+        remedy: str | None = None,
+        bank_code: str | None = None,
+    ) -> Opened:
+        """Open the case of a transaction (a stored `transactions` row), or find it."""
+        case_id = f"C-{uuid.uuid4().hex[:12]}"
+        amount = txn["expected_net"] if txn["expected_net"] is not None else txn["amount"]
+        row = {
+            "case_id": case_id,
+            "transaction_id": txn["id"],
+            "tid": txn["tid"],
+            "mid": txn["mid"],
+            "rrn": txn["rrn"],
+            "amount": amount,
+            "currency": txn["currency"],
+            "cause": cause,
+            "remedy": remedy,
+            "alert_id": alert_id,
+            "state": CaseState.OPEN.value,
+            "state_since": now,
+            "opened_at": now,
+            "updated_at": now,
+            "bank_code": bank_code,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(cases.insert().values(row))
+                self._event(
+                    conn, case_id, now, actor, None, after=CaseState.OPEN, note=f"cause {cause}"
+                )
+        except IntegrityError:
+            existing = self.for_transaction(int(txn["id"]))
+            if existing is None:  # the insert failed for another reason
+                raise
+            return Opened(existing, created=False)
+        case = self.get(case_id)
+        assert case is not None
+        return Opened(case, created=True)
+
+    def advance(
+        self,
+        case_id: str,
+        to: CaseState,
+        *,
+        actor: str,
+        now: datetime,
+        note: str = "",
+        account: str | None = None,
+    ) -> dict[str, Any]:
+        """A person moves a case (validated by `collector.cases.manual`)."""
+        case = self._must(case_id)
+        move = manual(CaseState(case["state"]), to, reason=note or None)
+        values: dict[str, Any] = {}
+        if account is not None:
+            values["account_masked"] = mask_account(account)
+        if to is CaseState.REJECTED:
+            values["rejection_reason"] = note[:256]
+        return self.apply(case, move, actor=actor, now=now, values=values)
+
+    def apply(
+        self,
+        case: Mapping[str, Any],
+        move: Move,
+        *,
+        actor: str,
+        now: datetime,
+        values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Record a move decided from `case["state"]`; `CaseError` if the case moved meanwhile."""
+        current = case["state"]
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(cases)
+                .where(cases.c.case_id == case["case_id"], cases.c.state == current)
+                .values(
+                    state=move.to.value,
+                    state_since=now,
+                    updated_at=now,
+                    sla_breached_state=None,
+                    **dict(values or {}),
+                )
+            )
+            if done.rowcount != 1:
+                raise CaseError(f"case {case['case_id']} is no longer {current}; look again")
+            self._event(
+                conn, case["case_id"], now, actor, CaseState(current), after=move.to, note=move.note
+            )
+        return self._must(case["case_id"])
+
+    def annotate(self, case_id: str, **values: Any) -> None:
+        """Set fields that are not the state (the alert that opened it, a settlement id)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(cases).where(cases.c.case_id == case_id).values(**values))
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get(self, case_id: str) -> dict[str, Any] | None:
+        rows = self._rows(select(cases).where(cases.c.case_id == case_id))
+        return rows[0] if rows else None
+
+    def for_transaction(self, transaction_id: int) -> dict[str, Any] | None:
+        rows = self._rows(select(cases).where(cases.c.transaction_id == transaction_id))
+        return rows[0] if rows else None
+
+    def find(
+        self,
+        *,
+        state: str | None = None,
+        tid: str | None = None,
+        mid: str | None = None,
+        cause: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Cases newest first; `state` "open" means any state still being worked."""
+        key = cases.c
+        query = select(cases).order_by(key.opened_at.desc(), key.case_id).limit(limit)
+        if state == "open":
+            query = query.where(key.state.in_(OPEN_CASE_STATES))
+        elif state is not None:
+            query = query.where(key.state == state)
+        for column, value in ((key.tid, tid), (key.mid, mid), (key.cause, cause)):
+            if value is not None:
+                query = query.where(column == value)
+        return self._rows(query)
+
+    def events(self, case_id: str) -> list[dict[str, Any]]:
+        key = case_events.c
+        return self._rows(select(case_events).where(key.case_id == case_id).order_by(key.id))
+
+    def counts(self) -> dict[str, int]:
+        """Cases per state."""
+        from sqlalchemy import func  # noqa: PLC0415
+
+        with self.reads.connect() as conn:
+            rows = conn.execute(select(cases.c.state, func.count()).group_by(cases.c.state))
+            return {str(state): int(count) for state, count in rows}
+
+    def past_sla(self, sla: Mapping[str, float], now: datetime) -> list[dict[str, Any]]:
+        """Open cases held in a state longer than its SLA (hours), not yet alerted for it."""
+        found: list[dict[str, Any]] = []
+        key = cases.c
+        for state, hours in sla.items():
+            query = select(cases).where(
+                key.state == state,
+                key.state_since <= now - timedelta(hours=hours),
+                key.sla_breached_state.is_(None),
+            )
+            found.extend(self._rows(query))
+        return found
+
+    def evidence_rows(self, case: Mapping[str, Any], window: timedelta) -> dict[str, Any]:
+        """What an evidence package is made of: the transaction, its settlements, the
+        terminal's status around it, and the outcome log."""
+        txn_rows = self._rows(
+            select(transactions).where(transactions.c.id == case["transaction_id"])
+        )
+        txn = txn_rows[0] if txn_rows else None
+        stl = settlements.c
+        settled = self._rows(
+            select(settlements)
+            .where(stl.tid == case["tid"], stl.rrn == case["rrn"])
+            .order_by(stl.received_at)
+        )
+        statuses: list[dict[str, Any]] = []
+        if txn is not None:
+            key = status_events.c
+            around = txn["observed_at"]
+            statuses = self._rows(
+                select(status_events)
+                .where(
+                    key.tid == case["tid"],
+                    key.observed_at >= around - window,
+                    key.observed_at <= around + window,
+                )
+                .order_by(key.observed_at)
+            )
+        log = self._rows(
+            select(outcome_log)
+            .where(outcome_log.c.transaction_id == case["transaction_id"])
+            .order_by(outcome_log.c.id)
+        )
+        return {"transaction": txn, "settlements": settled, "statuses": statuses, "outcomes": log}
+
+    # --- inside -------------------------------------------------------------------------
+
+    def _must(self, case_id: str) -> dict[str, Any]:
+        case = self.get(case_id)
+        if case is None:
+            raise CaseError(f"no case {case_id}")
+        return case
+
+    def _event(
+        self,
+        conn: Connection,
+        case_id: str,
+        at: datetime,
+        actor: str,
+        before: CaseState | None,
+        *,
+        after: CaseState,
+        note: str,
+    ) -> None:
+        conn.execute(
+            case_events.insert().values(
+                case_id=case_id,
+                at=at,
+                actor=actor[:64],
+                from_state=before.value if before else None,
+                to_state=after.value,
+                note=note or None,
+            )
+        )
+
+    def _rows(self, query: Any) -> list[dict[str, Any]]:
+        with self.reads.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
