@@ -378,3 +378,26 @@ case_events = Table(
     Column("note", Text),
     Index("ix_case_events_case", "case_id"),
 )
+
+# --- REST API tokens (collector/tokens.py owns their SQL) -----------------------------------
+
+# Only the SHA-256 of a token is kept; the token itself is shown once, when it is made.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    _id(),
+    Column("name", String(64), nullable=False),  # the actor recorded for the token's actions
+    Column("role", String(8), nullable=False),  # viewer, operator, admin
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+    # A name belongs to one live token; a revoked token keeps its name in the record.
+    Index(
+        "ix_api_tokens_live_name",
+        "name",
+        unique=True,
+        sqlite_where=text("revoked_at IS NULL"),
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
+)
