@@ -155,6 +155,7 @@ ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("collector.cli", "settlement_app", "settlement"),
     ("collector.cli", "alerts_app", "alerts"),
     ("collector.cli", "cases_app", "cases"),
+    ("collector.cli", "tokens_app", "tokens"),
     ("simulators.cli", "app", "simulate"),
     ("dashboards.cli", "app", "dashboards"),
 ]
