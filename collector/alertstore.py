@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from collector.classify import TerminalContext
 from collector.rules import Candidate
 from collector.schema import (
+    aggregate_time,
     alert_cursors,
     alert_history,
     alerts,
@@ -387,6 +388,10 @@ class AlertStore:
         with self.reads.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
 
+    def silence(self, silence_id: str) -> dict[str, Any] | None:
+        rows = self._rows(select(silences).where(silences.c.silence_id == silence_id))
+        return rows[0] if rows else None
+
     def silence_for(self, candidate: Candidate, at: datetime) -> Silence | None:
         """The silence or maintenance window that mutes this alert at `at`, if any.
 
@@ -658,11 +663,7 @@ class AlertStore:
         )
         rows = self._rows(query)
         for row in rows:
-            # min() over a column loses its type on SQLite: give the time back its zone.
-            first = row["first_time"]
-            if isinstance(first, str):
-                first = datetime.fromisoformat(first)
-            row["first_time"] = first if first.tzinfo else first.replace(tzinfo=UTC)
+            row["first_time"] = aggregate_time(row["first_time"])
             row["total"] = int(row["total"])
         return rows
 

@@ -19,7 +19,9 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from collector.cases import CaseError, CaseState, Move, manual
+from collector.metrics import CaseGauge
 from collector.schema import (
+    aggregate_time,
     case_events,
     cases,
     outcome_log,
@@ -203,6 +205,31 @@ class CaseStore:
         with self.reads.connect() as conn:
             rows = conn.execute(select(cases.c.state, func.count()).group_by(cases.c.state))
             return {str(state): int(count) for state, count in rows}
+
+    def gauges(self, now: datetime) -> list[CaseGauge]:
+        """Cases per (state, cause): how many, the money, the oldest, how many past SLA."""
+        from sqlalchemy import func  # noqa: PLC0415
+
+        key = cases.c
+        query = select(
+            key.state,
+            key.cause,
+            func.count(),
+            func.sum(key.amount),
+            func.min(key.opened_at),
+            func.count(key.sla_breached_state),
+        ).group_by(key.state, key.cause)
+        found: list[CaseGauge] = []
+        with self.reads.connect() as conn:
+            for state, cause, count, amount, first, breached in conn.execute(query):
+                oldest = aggregate_time(first)
+                age = (now - oldest).total_seconds() if oldest is not None else 0.0
+                found.append(
+                    CaseGauge(
+                        str(state), str(cause), int(count), int(amount or 0), age, int(breached)
+                    )
+                )
+        return found
 
     def past_sla(self, sla: Mapping[str, float], now: datetime) -> list[dict[str, Any]]:
         """Open cases held in a state longer than its SLA (hours), not yet alerted for it."""

@@ -54,6 +54,15 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def aggregate_time(value: Any) -> datetime | None:
+    """A min() or max() of a UtcDateTime column: SQLite hands back text without a zone."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _id() -> Column[int]:
     # BIGINT on PostgreSQL; INTEGER PRIMARY KEY (the rowid) on SQLite.
     return Column(

@@ -163,6 +163,7 @@ class Collector:
         while True:
             self.store.record_collector(self.started_at, self.ingestor.filters, self.status())
             self.recorder.heartbeat(self.status(), self.alerts)
+            self.recorder.cases(self.cases.gauges(self.clock.now()))
             if stop.wait(HEARTBEAT_S):
                 break
         for thread in threads:

@@ -7,13 +7,16 @@ anonymous access on 127.0.0.1, and on a free port below the kernel's ephemeral r
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from posmon.mqtt import MqttSettings
 
@@ -121,3 +124,79 @@ class PrivateBroker:
         }
         values.update(overrides)
         return MqttSettings.model_validate(values)
+
+
+class EmbeddedBroker:
+    """An MQTT 3.1.1 broker inside this process (amqtt, pure Python), for the demo.
+
+    It needs nothing installed and no root. Sessions and queued messages live in memory,
+    so it suits a run that keeps it up from start to end; a deployment uses mosquitto with
+    posmon's configuration (deploy/mosquitto/posmon.conf).
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._loop: Any = None
+        self._broker: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start in a thread of its own; returns once it accepts connections."""
+        import asyncio  # noqa: PLC0415
+
+        from amqtt.broker import Broker  # noqa: PLC0415 - only the demo loads it
+
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        config = {
+            "listeners": {
+                "default": {
+                    "type": "tcp",
+                    "bind": f"127.0.0.1:{self.port}",
+                    "max_connections": 1000,
+                }
+            },
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._broker = Broker(config, loop=loop)
+                loop.run_until_complete(self._broker.start())
+            except BaseException as exc:  # reported by start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=serve, name="embedded-broker", daemon=True)
+        self._thread.start()
+        if not ready.wait(15) or failure:
+            raise BrokerError(f"the embedded broker did not start on {self.port}: {failure}")
+
+    def stop(self) -> None:
+        import asyncio  # noqa: PLC0415
+
+        if self._loop is None or self._broker is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        try:
+            future.result(timeout=10)
+        except Exception:
+            logging.getLogger(__name__).warning("the embedded broker did not shut down cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop = None
