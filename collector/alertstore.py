@@ -330,14 +330,14 @@ class AlertStore:
             ).mappings()
             return [dict(row) for row in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Open alerts by type."""
-        key = alerts.c
+    def counts(self, by: str = "type") -> dict[str, int]:
+        """Open alerts by type (or by another column, such as "cause")."""
+        column = alerts.c[by]
         with self.reads.connect() as conn:
             rows = conn.execute(
-                select(key.type, func.count()).where(key.status.in_(OPEN)).group_by(key.type)
+                select(column, func.count()).where(alerts.c.status.in_(OPEN)).group_by(column)
             )
-            return {str(alert_type): int(count) for alert_type, count in rows}
+            return {str(value): int(count) for value, count in rows}
 
     # --- silences -----------------------------------------------------------------------
 

@@ -82,6 +82,29 @@ def status(config: ConfigOption = None) -> None:
     store.close()
 
 
+@app.command("openapi")
+def openapi(
+    path: Annotated[Path, typer.Argument(help="Where the document goes.")] = Path(
+        "docs/openapi.json"
+    ),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when the file is stale.")
+    ] = False,
+) -> None:
+    """Write the REST API's OpenAPI document, or with --check fail when it is stale."""
+    from collector.api import openapi as spec  # noqa: PLC0415 - FastAPI only when asked
+
+    if check:
+        drift = spec.check(path)
+        if not drift.clean:
+            state = "stale" if drift.stale else "missing"
+            typer.echo(f"{state}: {path}\nRun: posmon collector openapi {path}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{path}: current")
+        return
+    typer.echo(f"wrote {spec.write(path)}")
+
+
 EXAMPLE: dict[str, dict[str, Any]] = {
     "collector": {"id": "collector-1"},
     "database": {"url": "sqlite:////var/lib/posmon-collector/posmon.db"},
@@ -233,19 +256,29 @@ def parse_duration(text: str) -> timedelta:
 
 
 @contextlib.contextmanager
-def _alert_store(config: Path | None) -> Iterator[Any]:
-    from collector.alertstore import AlertStore  # noqa: PLC0415 - keeps `--help` fast
-    from collector.store import Store  # noqa: PLC0415
+def _database(config: Path | None) -> Iterator[Any]:
+    """The collector's Store over the configured database, migrated, closed afterwards."""
+    from collector.store import Store  # noqa: PLC0415 - keeps `--help` fast
     from collector.terms import SettlementTerms  # noqa: PLC0415
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = load_config(config)
-    store = Store(settings.database.url, SettlementTerms(settings))
+    store = Store(
+        settings.database.url, SettlementTerms(settings), collector_id=settings.collector.id
+    )
     try:
         store.migrate()
-        yield AlertStore(store.engine, settings.collector.id, [])
+        yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _alert_store(config: Path | None) -> Iterator[Any]:
+    from collector.alertstore import AlertStore  # noqa: PLC0415 - keeps `--help` fast
+
+    with _database(config) as store:
+        yield AlertStore(store.engine, store.collector_id, [])
 
 
 def _console() -> Console:
@@ -445,20 +478,12 @@ cases_app = typer.Typer(
 def _case_stores(config: Path | None) -> Iterator[tuple[Any, Any]]:
     from collector.alertstore import AlertStore  # noqa: PLC0415 - keeps `--help` fast
     from collector.casestore import CaseStore  # noqa: PLC0415
-    from collector.store import Store  # noqa: PLC0415
-    from collector.terms import SettlementTerms  # noqa: PLC0415
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    settings = load_config(config)
-    store = Store(settings.database.url, SettlementTerms(settings))
-    try:
-        store.migrate()
+    with _database(config) as store:
         yield (
             CaseStore(store.engine, reads=store.reads),
-            AlertStore(store.engine, settings.collector.id, [], reads=store.reads),
+            AlertStore(store.engine, store.collector_id, [], reads=store.reads),
         )
-    finally:
-        store.close()
 
 
 @cases_app.command("list")
@@ -571,21 +596,105 @@ def case_evidence(
     config: ConfigOption = None,
 ) -> None:
     """Write the case's evidence package for the bank: CASE.json and CASE.pdf."""
-    from datetime import timedelta as _timedelta  # noqa: PLC0415
-
-    from collector.evidence import package, write_json, write_pdf  # noqa: PLC0415
+    from collector.evidence import gather, write_json, write_pdf  # noqa: PLC0415
 
     with _case_stores(config) as (cases, alerts):
         case = cases.get(case_id)
         if case is None:
             typer.echo(f"no case {case_id}", err=True)
             raise typer.Exit(1)
-        rows = cases.evidence_rows(case, _timedelta(minutes=30))
-        alert = alerts.get(case["alert_id"]) if case["alert_id"] else None
-        data = package(
-            case, rows, events=cases.events(case_id), alert=alert, generated_at=datetime.now(UTC)
-        )
+        data = gather(cases, alerts, case, datetime.now(UTC))
     out.mkdir(parents=True, exist_ok=True)
     written = [write_json(data, out / f"{case_id}.json"), write_pdf(data, out / f"{case_id}.pdf")]
     for path in written:
         typer.echo(str(path))
+
+
+tokens_app = typer.Typer(
+    help="Bearer tokens of the REST API: viewer reads, operator acts, admin manages tokens.",
+    no_args_is_help=True,
+)
+
+
+@contextlib.contextmanager
+def _token_store(config: Path | None) -> Iterator[Any]:
+    from collector.tokens import TokenStore  # noqa: PLC0415 - keeps `--help` fast
+
+    with _database(config) as store:
+        yield TokenStore(store.engine, reads=store.reads)
+
+
+@tokens_app.command("create")
+def create_token(
+    name: Annotated[
+        str, typer.Option("--name", help="Who uses it: recorded as the actor of its actions.")
+    ],
+    role: Annotated[str, typer.Option("--role", help="viewer, operator or admin.")],
+    by: Annotated[str, typer.Option("--by", help="Who makes it (recorded).")] = "cli",
+    config: ConfigOption = None,
+) -> None:
+    """Make a token and print it: the only time it is shown (only its hash is stored)."""
+    import re  # noqa: PLC0415
+
+    from collector.tokens import NAME_PATTERN, Role, TokenError  # noqa: PLC0415
+
+    try:
+        wanted = Role(role.lower())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{role!r}: one of viewer, operator, admin", param_hint="--role"
+        ) from exc
+    if not re.match(NAME_PATTERN, name):
+        raise typer.BadParameter(
+            "letters, digits and . _ @ - (up to 64), starting with a letter or digit",
+            param_hint="--name",
+        )
+    with _token_store(config) as tokens:
+        try:
+            token = tokens.create(name, wanted, created_by=by, now=datetime.now(UTC))
+        except TokenError as exc:
+            typer.echo(exc.reason, err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"{name} ({wanted}): shown once, keep it safe:", err=True)
+    typer.echo(token)
+
+
+@tokens_app.command("list")
+def list_tokens(
+    config: ConfigOption = None,
+    everything: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+) -> None:
+    """The tokens by name and role (never the tokens themselves)."""
+    with _token_store(config) as tokens:
+        rows = tokens.tokens(revoked=everything)
+    table = Table(title="API tokens")
+    for column in ("name", "role", "created", "by", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["role"],
+            _when(row["created_at"]),
+            row["created_by"],
+            _when(row["revoked_at"]) if row["revoked_at"] else "",
+        )
+    _console().print(table)
+    if not rows:
+        typer.echo("no tokens")
+
+
+@tokens_app.command("revoke")
+def revoke_token(
+    name: Annotated[str, typer.Argument(help="The token's name.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    from collector.tokens import TokenError  # noqa: PLC0415
+
+    with _token_store(config) as tokens:
+        try:
+            tokens.revoke(name, datetime.now(UTC))
+        except TokenError as exc:
+            typer.echo(exc.reason, err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"{name}: revoked")

@@ -16,11 +16,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from posmon.pan import scrub
+
+if TYPE_CHECKING:
+    from collector.alertstore import AlertStore
+    from collector.casestore import CaseStore
+
+# The terminal's status this close to the transaction goes into the package.
+STATUS_WINDOW = timedelta(minutes=30)
 
 CJK_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
@@ -149,6 +156,16 @@ def package(
     return dict(json.loads(scrub(text)))
 
 
+def gather(
+    cases: CaseStore, alerts: AlertStore, case: Mapping[str, Any], generated_at: datetime
+) -> dict[str, Any]:
+    """The evidence package of a stored case, read from the database."""
+    rows = cases.evidence_rows(case, STATUS_WINDOW)
+    alert = alerts.get(case["alert_id"]) if case["alert_id"] else None
+    events = cases.events(case["case_id"])
+    return package(case, rows, events=events, alert=alert, generated_at=generated_at)
+
+
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
@@ -204,6 +221,12 @@ class _Pdf:
 
 
 def write_pdf(data: Mapping[str, Any], path: Path) -> Path:
+    """Write the package as a PDF (see `pdf`)."""
+    path.write_bytes(pdf(data))
+    return path
+
+
+def pdf(data: Mapping[str, Any]) -> bytes:
     """The package as a PDF a bank clerk can read."""
     doc = _Pdf()
     case = data["case"]
@@ -235,5 +258,4 @@ def write_pdf(data: Mapping[str, Any], path: Path) -> Path:
     doc.section("Timeline")
     for entry in data["timeline"]:
         doc.line(f"{entry['at']}  {entry['what']}")
-    doc.pdf.output(str(path))
-    return path
+    return bytes(doc.pdf.output())

@@ -1,5 +1,6 @@
-"""The collector's HTTP door: settlement results POSTed one or many, stored through
-`Store.ingest()` like MQTT and CSV; invalid bodies refused with 422 naming the field.
+"""The collector's HTTP door: settlement results POSTed one or many (with an operator's
+token), stored through `Store.ingest()` like MQTT and CSV; invalid bodies refused with 422
+naming the field. The rest of the REST API: tests/test_collector_api.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collector.config import CollectorConfig
 from collector.http import MAX_BATCH, create_app
 from collector.store import Store
 from collector.terms import SettlementTerms
+from collector.tokens import Role, TokenStore
 from posmon import __version__
 
 with warnings.catch_warnings():
@@ -40,9 +42,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
+    token = TokenStore(store.engine).create("acquirer", Role.OPERATOR, created_by="test", now=NOW)
+    headers = {"Authorization": f"Bearer {token}"}
     # Server errors come back as 500 responses, as a real client would see them.
-    with TestClient(create_app(store), raise_server_exceptions=False) as instance:
-        yield instance
+    with TestClient(create_app(store), raise_server_exceptions=False, headers=headers) as client:
+        yield client
 
 
 def settlement(n: int, **changes: Any) -> dict[str, Any]:
