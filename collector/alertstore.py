@@ -701,6 +701,8 @@ class AlertStore:
         )
 
     def _queue(self, conn: Connection, row: dict[str, Any]) -> None:
+        if not self.channels:  # a reader's store (the commands, the API) delivers nothing
+            return
         now = wall_clock()
         payload = alert_event(row).to_json().decode()
         conn.execute(

@@ -14,6 +14,7 @@ without one, text in Chinese is left out and the English kept.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
@@ -35,6 +36,7 @@ CJK_FONTS = (
     "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
 )
 LATIN_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
+MONEY_FIELDS = frozenset({"amount", "fee", "net_amount"})
 _CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]+")
 _SLIP_FIELDS = (
     "tid",
@@ -177,6 +179,9 @@ class _Pdf:
     def __init__(self) -> None:
         from fpdf import FPDF  # noqa: PLC0415 - only when a PDF is asked for
 
+        # fontTools reports every table it subsets at INFO: nothing an operator needs.
+        logging.getLogger("fontTools").setLevel(logging.WARNING)
+
         self.pdf = FPDF(format="A4")
         self.pdf.set_auto_page_break(auto=True, margin=15)
         self.cjk = next((font for font in CJK_FONTS if Path(font).exists()), None)
@@ -192,9 +197,7 @@ class _Pdf:
         if self.cjk is None:
             # "收款账号错误 (incorrect account number)" -> "incorrect account number"
             out = _CJK.sub("", out).strip()
-            if out.startswith("(") and out.endswith(")"):
-                out = out[1:-1]
-            out = out or "-"
+            out = re.sub(r"(^|:\s)\s*\(([^()]*)\)", r"\1\2", out) or "-"
         if self.family == "helvetica":
             out = out.encode("latin-1", "replace").decode("latin-1")
         return out
@@ -215,9 +218,15 @@ class _Pdf:
         self.pdf.multi_cell(0, 5, self.text(text), new_x="LMARGIN", new_y="NEXT")
 
     def pairs(self, values: Mapping[str, Any]) -> None:
+        currency = values.get("currency")
         for key, value in values.items():
             self.pdf.cell(45, 5, self.text(key))
-            self.line(value)
+            if key in MONEY_FIELDS and isinstance(value, int):
+                whole, cents = divmod(abs(value), 100)
+                sign = "-" if value < 0 else ""
+                self.line(f"{sign}{whole}.{cents:02d} {currency or ''} ({value} minor units)")
+            else:
+                self.line(value)
 
 
 def write_pdf(data: Mapping[str, Any], path: Path) -> Path:

@@ -157,6 +157,7 @@ ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("collector.cli", "cases_app", "cases"),
     ("collector.cli", "tokens_app", "tokens"),
     ("simulators.cli", "app", "simulate"),
+    ("simulators.cli", "demo_app", "demo"),
     ("dashboards.cli", "app", "dashboards"),
 ]
 

@@ -657,3 +657,75 @@ def _print_score(result: Any) -> None:
             console.print(f"  {title}: {row}")
     verdict = "PASS" if result.passed() else "FAIL"
     console.print(f"targets (all detected, >= 95% causes right, no false alert): {verdict}")
+
+
+demo_app = typer.Typer(
+    invoke_without_command=True,
+    help=(
+        "Run the whole system on embedded defaults: simulated terminals read by agents, an "
+        "embedded broker, the collector and a faulty acquirer, watched live; at the end each "
+        "injected fault against what was found."
+    ),
+)
+
+
+@demo_app.callback()
+def demo(
+    ctx: typer.Context,
+    terminals: Annotated[int, typer.Option(min=1, max=200, help="Simulated terminals.")] = 8,
+    minutes: Annotated[
+        float, typer.Option(min=0.5, max=120, help="How long it runs, in real minutes.")
+    ] = 1.5,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Use this broker (mqtt://host:port) instead of the embedded one."),
+    ] = None,
+    influx: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="Also write the metrics the dashboards read."),
+    ] = None,
+    influx_db: Annotated[str, typer.Option(metavar="NAME", help="InfluxDB database.")] = "posmon",
+    workdir: Annotated[
+        Path, typer.Option(file_okay=False, help="Folder for the run's files (started afresh).")
+    ] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the traffic and the faults.")] = 7,
+) -> None:
+    """The demo (see `posmon demo --help`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.live import Live  # noqa: PLC0415
+
+    from simulators.broker import EmbeddedBroker  # noqa: PLC0415
+    from simulators.demo import LiveView, demo_scenario, summary, write_outputs  # noqa: PLC0415
+    from simulators.scenario import ScenarioRun  # noqa: PLC0415
+
+    plan = demo_scenario(terminals, minutes, seed=seed)
+    metrics = _metrics_section(influx, influx_db)
+    for name in ("collector", "simulators", "posmon", "paho"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    console = Console()
+    console.print(
+        f"posmon demo: {terminals} terminals for {minutes:g} min, virtual time "
+        f"x{plan.time.scale:.0f} from {plan.time.origin:%a %d %b %H:%M}; files in {workdir}"
+    )
+    embedded = None
+    if broker is None:
+        embedded = EmbeddedBroker()
+        embedded.start()
+        broker = embedded.url
+    stop = threading.Event()
+    try:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            view = LiveView(live)
+            run = ScenarioRun(
+                plan, workdir, broker_url=broker, metrics=metrics, on_tick=view.tick, stop=stop
+            )
+            with _set_on_signals(stop):
+                files = run.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    result = score_run(files, plan.time.scale, run.collector.config.alerts.bank_outage_failures)
+    outputs = write_outputs(run, result)
+    summary(console, result, outputs, interrupted=stop.is_set())

@@ -62,6 +62,7 @@ class Expected:
     cause: str | None
     visible_at: datetime | None = None
     found: dict[str, Any] | None = None  # the alert that detected it
+    delay_s: float | None = None  # real seconds from visible to the alert
 
     @property
     def alert_type(self) -> str:
@@ -275,5 +276,6 @@ def _timed(result: Score, item: Expected, alert: Mapping[str, Any]) -> None:
     started = _time(alert["started_at"])
     if item.visible_at is None or started is None:
         return
-    delay = (started - item.visible_at).total_seconds() / result.scale
-    result.delays_s.setdefault(item.alert_type, []).append(max(delay, 0.0))
+    delay = max((started - item.visible_at).total_seconds() / result.scale, 0.0)
+    item.delay_s = delay
+    result.delays_s.setdefault(item.alert_type, []).append(delay)
