@@ -54,6 +54,17 @@ def _iso_only(value: object) -> object:
 
 # ISO 8601 text with an offset on the wire (no epoch numbers), aware datetimes in code.
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _iso_date_only(value: object) -> object:
+    # As for times: pydantic would read 0 or "0" as 1970-01-01; the contract says YYYY-MM-DD.
+    if isinstance(value, date) or (isinstance(value, str) and _ISO_DATE.match(value)):
+        return value
+    raise ValueError("not an ISO 8601 date (YYYY-MM-DD)")
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
 Currency = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 alpha-3 currency, e.g. CNY.")
 ]
@@ -308,7 +319,7 @@ class SettlementEvent(WireModel):
     mid: Mid
     tid: Tid
     rrn: Rrn
-    txn_date: date
+    txn_date: IsoDate
     amount: SignedMinorUnits = Field(description="Gross amount.")
     fee: SignedMinorUnits
     net_amount: SignedMinorUnits = Field(description="amount - fee.")
