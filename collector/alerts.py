@@ -53,6 +53,7 @@ BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value, Cause.UNKNOWN.value})
 # yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
 GAP_WAIT_S = 10.0
 TAIL_BATCH = 500
+SAVE_EVERY_S = 1.0
 
 
 def money(amount: int | None, currency: str | None) -> str:
@@ -154,6 +155,8 @@ class AlertEngine:
         self.open_batches: dict[tuple[str, str], OpenBatch] = {}
         self._seeded_upto = 0  # transactions up to this id are in open_batches already
         self.tails: dict[str, Tail] = {}
+        self._unsaved = False
+        self._next_save = 0.0
         # Fingerprints of the open alerts, refreshed at each sweep: a status or batch that
         # clears nothing costs no query, and a condition that persists is not re-fired.
         self.open: set[str] = set()
@@ -209,6 +212,8 @@ class AlertEngine:
                 stop.wait(1.0)
             self.wake.wait(self.settings.sweep_s)
             self.wake.clear()
+        if self._unsaved:
+            self.save_positions()
 
     def step(self) -> None:
         """Take every new fact, and sweep when it is time."""
@@ -238,10 +243,22 @@ class AlertEngine:
             progress = self._read(name, read, handle)
             full = full or progress == TAIL_BATCH
             moved = moved or bool(progress)
-        if moved:
-            positions = {name: tail.position for name, tail in self.tails.items()}
-            self.store.save_positions(positions, self.clock())
+        self._unsaved = self._unsaved or bool(moved)
+        if self._unsaved and time.monotonic() >= self._next_save:
+            self.save_positions()
         return full
+
+    def save_positions(self) -> None:
+        """Store how far each table has been followed.
+
+        At most every `SAVE_EVERY_S` (and on the way out): on SQLite each save is a write
+        that queues with the ingest's commits. After a crash, the rows since the last save
+        are followed again: an alert still open is not fired twice (its fingerprint).
+        """
+        positions = {name: tail.position for name, tail in self.tails.items()}
+        self.store.save_positions(positions, self.clock())
+        self._unsaved = False
+        self._next_save = time.monotonic() + SAVE_EVERY_S
 
     def _read(
         self,

@@ -460,12 +460,12 @@ class AlertStore:
             ).scalar()
         return value if isinstance(value, datetime) else None
 
-    def delivered(self, notification_id: int, now: datetime) -> None:
+    def delivered(self, notification_ids: Sequence[int], now: datetime) -> None:
         key = notifications.c
         with self.engine.begin() as conn:
             conn.execute(
                 update(notifications)
-                .where(key.id == notification_id)
+                .where(key.id.in_(list(notification_ids)))
                 .values(delivered_at=now, attempts=key.attempts + 1, last_error=None)
             )
 

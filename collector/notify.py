@@ -224,28 +224,34 @@ class Dispatcher:
         if time.monotonic() < self._paused_until:
             return False
         rows = self.store.due(self.channel.name, datetime.now(UTC))
-        for row in rows:
-            alert = AlertEvent.from_json(row["payload"])
-            try:
-                self.channel.send(alert, row["payload"].encode(), row["id"])
-            except DeliveryError as exc:
-                delay = self._backoff.next_delay()
-                self.failures += 1
-                self._paused_until = time.monotonic() + delay
-                retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-                self.store.failed(row["id"], exc.reason, retry_at)
-                logger.warning(
-                    "notify %s: %s; alert %s retried in %.1f s",
-                    self.channel.name,
-                    exc.reason,
-                    alert.alert_id,
-                    delay,
-                )
-                return False
-            self._backoff.reset()
-            self.store.delivered(row["id"], datetime.now(UTC))
-            self.delivered += 1
-            self.on_delivered(alert)
+        sent: list[int] = []
+        try:
+            for row in rows:
+                alert = AlertEvent.from_json(row["payload"])
+                try:
+                    self.channel.send(alert, row["payload"].encode(), row["id"])
+                except DeliveryError as exc:
+                    delay = self._backoff.next_delay()
+                    self.failures += 1
+                    self._paused_until = time.monotonic() + delay
+                    retry_at = datetime.now(UTC) + timedelta(seconds=delay)
+                    self.store.failed(row["id"], exc.reason, retry_at)
+                    logger.warning(
+                        "notify %s: %s; alert %s retried in %.1f s",
+                        self.channel.name,
+                        exc.reason,
+                        alert.alert_id,
+                        delay,
+                    )
+                    return False
+                self._backoff.reset()
+                sent.append(row["id"])
+                self.delivered += 1
+                self.on_delivered(alert)
+        finally:
+            # One write for what went out: the next alert does not queue behind it.
+            if sent:
+                self.store.delivered(sent, datetime.now(UTC))
         return len(rows) > 0
 
     def _wait(self) -> float:
