@@ -135,6 +135,14 @@ def test_a_body_that_is_not_json_is_refused(client: TestClient) -> None:
     assert response.status_code == 422
 
 
+def test_a_body_that_is_not_utf8_is_refused(client: TestClient) -> None:
+    response = client.post(
+        "/settlements", content=b"9F\xff", headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 422
+
+
 def test_more_than_the_batch_limit_is_refused(client: TestClient, store: Store) -> None:
     response = client.post("/settlements", json=[settlement(n) for n in range(MAX_BATCH + 1)])
 

@@ -13,11 +13,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
 from collector.api import alerts, cases, settlements, terminals, tokens
 from collector.api.auth import requires
 from collector.api.context import Services
-from collector.api.errors import AUTH_RESPONSES, database_unavailable
+from collector.api.errors import AUTH_RESPONSES, database_unavailable, known_query, with_allow
 from collector.api.metrics import exposition, registry
 from collector.api.models import Health
 from collector.store import IngestReport, Store
@@ -35,8 +36,14 @@ DESCRIPTION = (
 def create_app(store: Store, on_report: Callable[[IngestReport], None] = lambda r: None) -> FastAPI:
     """The FastAPI application over `store`; `on_report` hears of each settlement POST."""
     services = Services.of(store, on_report)
-    app = FastAPI(title="posmon collector", version=__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="posmon collector",
+        version=__version__,
+        description=DESCRIPTION,
+        dependencies=[Depends(known_query)],
+    )
     app.add_exception_handler(SQLAlchemyError, database_unavailable)
+    app.add_exception_handler(HTTPException, with_allow)
     for module in (alerts, cases, terminals, settlements, tokens):
         app.include_router(module.routes(services), responses=AUTH_RESPONSES)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from collector.alertstore import AlertError
 from collector.api.auth import requires
 from collector.api.context import Services
-from collector.api.errors import CONFLICT, NOT_FOUND, invalid
+from collector.api.errors import BAD_BODY, CONFLICT, NOT_FOUND, invalid
 from collector.api.models import (
     BANK_PATTERN,
     ID_PATTERN,
@@ -61,7 +61,7 @@ def routes(services: Services) -> APIRouter:
 
     @router.post(
         "/alerts/{alert_id}/ack",
-        responses={**NOT_FOUND, **CONFLICT},
+        responses={**NOT_FOUND, **CONFLICT, **BAD_BODY},
     )
     def acknowledge(
         alert_id: AlertId, caller: Caller = operator, body: Acknowledge | None = None
@@ -87,7 +87,7 @@ def routes(services: Services) -> APIRouter:
         rows = services.alerts.silences(None if include_over else services.now())
         return [Silence.of(row) for row in rows]
 
-    @router.post("/silences", status_code=201)
+    @router.post("/silences", status_code=201, responses=BAD_BODY)
     def add_silence(body: SilenceRequest, caller: Caller = operator) -> Silence:
         """Mute notification of matching alerts for a while; they are still recorded."""
         now = services.now()

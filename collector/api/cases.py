@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 
 from collector.api.auth import requires
 from collector.api.context import Services
-from collector.api.errors import CONFLICT, NOT_FOUND
+from collector.api.errors import BAD_BODY, CONFLICT, NOT_FOUND
 from collector.api.models import (
     ID_PATTERN,
     MID_PATTERN,
@@ -64,7 +64,7 @@ def routes(services: Services) -> APIRouter:
 
     @router.post(
         "/cases/{case_id}/transitions",
-        responses={**NOT_FOUND, **CONFLICT},
+        responses={**NOT_FOUND, **CONFLICT, **BAD_BODY},
     )
     def move_case(case_id: CaseId, body: Transition, caller: Caller = operator) -> CaseDetail:
         """Move a case to its next state. A move the workflow does not allow, or a case

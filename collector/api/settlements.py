@@ -67,16 +67,20 @@ def routes(services: Services) -> APIRouter:
         try:
             results = _MANY.validate_json(payload) if many else [ONE.validate_json(payload)]
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False)
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise RequestValidationError(
                 [{**error, "loc": ("body", *error["loc"])} for error in errors]
             ) from exc
         if len(results) > MAX_BATCH:
             raise HTTPException(413, f"at most {MAX_BATCH} results per request")
         for index, result in enumerate(results):
+            where = [index] if many else []
+            # Required on the wire (the models default it only for code that makes them).
+            if "schema_" not in result.model_fields_set:
+                raise invalid("Field required", *where, "schema")
             if _holds_nul(result.model_dump()):
                 # PostgreSQL keeps no NUL in text; refused here, not by the database.
-                raise invalid("text may not contain NUL characters", *([index] if many else []))
+                raise invalid("text may not contain NUL characters", *where)
         report = await run_in_threadpool(services.store.ingest, results, "http")
         services.on_report(report)
         return Stored(stored=sum(report.stored.values()), repeats=sum(report.repeats.values()))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from collector.api.auth import requires
 from collector.api.context import Services
-from collector.api.errors import CONFLICT, NOT_FOUND
+from collector.api.errors import BAD_BODY, CONFLICT, NOT_FOUND
 from collector.api.models import NewToken, Token, TokenRequest
 from collector.tokens import NAME_PATTERN, Caller, Role, TokenError
 
@@ -24,7 +24,7 @@ def routes(services: Services) -> APIRouter:
         """The tokens by name and role (never the tokens themselves)."""
         return [Token.of(row) for row in services.tokens.tokens(revoked=revoked)]
 
-    @router.post("/tokens", status_code=201, responses=CONFLICT)
+    @router.post("/tokens", status_code=201, responses={**CONFLICT, **BAD_BODY})
     def create_token(body: TokenRequest, caller: Caller = admin) -> NewToken:
         """Make a token; the answer holds it, the only time it is shown."""
         try:
