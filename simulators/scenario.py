@@ -376,6 +376,7 @@ class ScenarioRun:
     started: float = 0.0
     acquirer: AcquirerRunner | None = None
     terminals: list[SimulatedTerminal] = field(default_factory=list)
+    virtual_end: datetime | None = None  # the virtual time the run stopped at
 
     def run(self) -> RunFiles:
         """Start everything, run the traffic and the settle phase, stop everything."""
@@ -418,14 +419,8 @@ class ScenarioRun:
             )
             self.started = time.monotonic()
             self._start_fleet(mqtt, clock, folder, stack)
-            total = scenario.time.traffic_s + scenario.time.settle_s
-            while not self.stop.is_set():
-                elapsed = time.monotonic() - self.started
-                if elapsed >= total:
-                    break
-                self.on_tick(self, elapsed)
-                self.stop.wait(min(1.0, total - elapsed))
-            self.on_tick(self, time.monotonic() - self.started)
+            self._until_done()
+            self.virtual_end = clock.now()
         finally:
             # The collector goes first: agents saying goodbye are no terminals going offline.
             if collector_stopper is not None:
@@ -440,6 +435,17 @@ class ScenarioRun:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started if self.started else 0.0
+
+    def _until_done(self) -> None:
+        """Tick until the scenario's time is up or `stop` is set."""
+        total = self.scenario.time.traffic_s + self.scenario.time.settle_s
+        while not self.stop.is_set():
+            elapsed = self.elapsed()
+            if elapsed >= total:
+                break
+            self.on_tick(self, elapsed)
+            self.stop.wait(min(1.0, total - elapsed))
+        self.on_tick(self, self.elapsed())
 
     def _start_acquirer(
         self,

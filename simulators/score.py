@@ -83,6 +83,7 @@ class Score:
     false_alerts: list[dict[str, Any]]
     related: int
     scale: float
+    pending: int = 0  # faults due to show only after the run ended
     delays_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -120,6 +121,7 @@ class Score:
             "cause_accuracy": round(self.cause_accuracy, 4),
             "false_alerts": len(self.false_alerts),
             "related_alerts": self.related,
+            "pending": self.pending,
             "by_type": {
                 name: {"expected": a, "detected": b, "cause_right": c}
                 for name, (a, b, c) in self.by_type().items()
@@ -226,12 +228,19 @@ def score(
     *,
     scale: float,
     outage_failures: int = 3,
+    until: datetime | None = None,
 ) -> Score:
     """Score stored alerts (rows with type, fingerprint, cause, tid, rrn, mid, bank_code,
-    started_at) against the acquirer's ground truth and the scenario's terminal truth."""
+    started_at) against the acquirer's ground truth and the scenario's terminal truth.
+
+    With `until` (the virtual time the run stopped), a fault that only became visible
+    after it (a return due after the end) is not expected: it is counted as pending.
+    """
     lines = list(truth)
     terminal_lines = list(terminal_truth)
     expected = expected_alerts(lines, terminal_lines, outage_failures=outage_failures)
+    pending = [item for item in expected if until and item.visible_at and item.visible_at > until]
+    expected = [item for item in expected if item not in pending]
     by_key = {item.key: item for item in expected}
     faulty_txns = {
         (line.get("tid"), line.get("rrn"))
@@ -241,7 +250,7 @@ def score(
     spiking_mids = {line["mid"] for line in terminal_lines if line["alert_type"] == "DECLINE_SPIKE"}
     false_alerts: list[dict[str, Any]] = []
     related = 0
-    result = Score(expected, false_alerts, 0, scale)
+    result = Score(expected, false_alerts, 0, scale, pending=len(pending))
     for alert in sorted(alerts, key=lambda row: row["started_at"]):
         matched = False
         for key in alert_keys(alert):
