@@ -57,8 +57,12 @@ def test_every_cause_scenario_detects_every_fault_with_its_cause(tmp_path: Path)
     assert report["cause_accuracy"] >= 0.95
     assert report["false_alerts"] == 0
     assert set(report["by_type"]) >= EVERY_ALERT_TYPE
-    truth = [json.loads(line) for line in (tmp_path / "ground-truth.jsonl").open()]
-    terminal = [json.loads(line) for line in (tmp_path / "terminal-truth.jsonl").open()]
+    truth = [
+        json.loads(line) for line in (tmp_path / "ground-truth.jsonl").read_text().splitlines()
+    ]
+    terminal = [
+        json.loads(line) for line in (tmp_path / "terminal-truth.jsonl").read_text().splitlines()
+    ]
     causes = {line["cause"] for line in truth + terminal if line.get("cause")}
     assert causes == {
         "NETWORK",
