@@ -23,7 +23,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from collector.alertstore import AlertStore
-from collector.cases import CaseError, CaseState, original_arrived, remittance_arrived
+from collector.cases import (
+    CaseError,
+    CaseState,
+    original_arrived,
+    remittance_arrived,
+    remittance_failed,
+)
 from collector.casestore import OPEN_CASE_STATES, CaseStore
 from collector.classify import Classification, Facts, classify
 from collector.config import CollectorConfig
@@ -301,6 +307,8 @@ class AlertEngine:
         alert_type = OUTCOME_ALERT.get(outcome)
         if alert_type is None:
             return
+        if outcome is Outcome.ORPHAN and self.cases is not None and self._by_reference(row, now):
+            return  # a re-remittance under its own RRN, naming its case: no orphan
         candidate = self._settlement_candidate(alert_type, outcome, row, now)
         # A failure about the merchant or its account says nothing about the bank.
         at_bank = (
@@ -360,10 +368,15 @@ class AlertEngine:
         assert self.cases is not None
         case_id = self.case_txns.get(row["transaction_id"])
         settlement = self.store.settlement_by_id(row["settlement_id"]) if case_id else None
-        if case_id is None or settlement is None or settlement["status"] != "CREDITED":
+        if case_id is None or settlement is None:
             return
         case = self.cases.get(case_id)
         if case is None:
+            return
+        if settlement["kind"] == "REREMITTANCE" and settlement["status"] in ("FAILED", "RETURNED"):
+            self._remittance_failed(case, settlement, now)
+            return
+        if settlement["status"] != "CREDITED":
             return
         state = CaseState(case["state"])
         if settlement["kind"] == "REREMITTANCE":
@@ -387,6 +400,78 @@ class AlertEngine:
         logger.info("case %s %s: %s", case_id, move.to.value, move.note)
         if move.to.value not in OPEN_CASE_STATES:
             self.case_txns.pop(row["transaction_id"], None)
+
+    def _remittance_failed(
+        self, case: dict[str, Any], settlement: dict[str, Any], now: datetime
+    ) -> None:
+        """The bank refused or returned the re-remittance: the case is REJECTED."""
+        assert self.cases is not None
+        reason = " ".join(
+            str(part)
+            for part in (settlement["status"], settlement["reason_code"], settlement["reason_text"])
+            if part
+        )
+        move = remittance_failed(CaseState(case["state"]), f"bank: {reason}")
+        if move is None:
+            return
+        try:
+            self.cases.apply(
+                case,
+                move,
+                actor=f"collector:{self.store.collector_id}",
+                now=now,
+                values={"rejection_reason": move.note[:256]},
+            )
+        except CaseError as exc:
+            logger.info("case %s not rejected: %s", case["case_id"], exc)
+            return
+        logger.warning("case %s REJECTED by the bank: %s", case["case_id"], reason)
+
+    def _by_reference(self, row: dict[str, Any], now: datetime) -> bool:
+        """A REREMITTANCE that matches no transaction but names its case (or the original
+        settlement): it moves that case, and the original failure's alerts resolve."""
+        assert self.cases is not None
+        settlement = (
+            self.store.settlement_by_id(row["settlement_id"]) if row["settlement_id"] else None
+        )
+        if settlement is None or settlement["kind"] != "REREMITTANCE":
+            return False
+        case = self.cases.get(settlement["case_id"]) if settlement["case_id"] else None
+        original_id = settlement["original_settlement_id"]
+        if case is None and original_id:
+            original = self.store.settlement_by_id(original_id)
+            if original is not None and original["transaction_id"] is not None:
+                case = self.cases.for_transaction(int(original["transaction_id"]))
+        if case is None:
+            return False
+        actor = f"collector:{self.store.collector_id}"
+        if settlement["status"] in ("FAILED", "RETURNED"):
+            self._remittance_failed(case, settlement, now)
+        elif settlement["status"] == "CREDITED":
+            move = remittance_arrived(
+                CaseState(case["state"]), expected=case["amount"], credited=settlement["net_amount"]
+            )
+            if move is None:
+                return False  # short, excess or a second remittance: the orphan alert stays
+            values = {"remittance_settlement_id": settlement["settlement_id"]}
+            try:
+                self.cases.apply(case, move, actor=actor, now=now, values=values)
+            except CaseError:
+                return False
+            self.case_txns.pop(case["transaction_id"], None)
+            for cleared in CLEARED_BY_ANY_CHANGE:
+                self._resolve(
+                    txn_fingerprint(cleared, case["tid"], case["rrn"]),
+                    now,
+                    f"re-remitted under case {case['case_id']} ({settlement['settlement_id']})",
+                )
+        logger.info(
+            "re-remittance %s (%s) is case %s's",
+            settlement["settlement_id"],
+            settlement["status"],
+            case["case_id"],
+        )
+        return True
 
     def _case_slas(self, now: datetime) -> None:
         """CASE_SLA_BREACHED for a case held in a state too long; resolved once it moves."""

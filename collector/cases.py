@@ -9,6 +9,8 @@ a case on by itself. Pure: no database, no clock (collector.casestore applies it
  any state before REMITTED ─► CANCELLED   (by a person, or by itself when the original
                                            credit arrives after all)
  any open state ─► CONFIRMED   by itself, when the re-remitted money arrives in full
+ SUBMITTED, BANK_PROCESSING, REMITTED ─► REJECTED   by itself, when the re-remittance
+                                                    fails or comes back
 ```
 
 A case exists for one original transaction (a unique constraint in the database, so
@@ -119,4 +121,12 @@ def original_arrived(current: CaseState) -> Move | None:
     """The original credit arrived late: the case is not needed, if nothing was sent yet."""
     if current in BEFORE_REMITTANCE:
         return Move(CaseState.CANCELLED, "the original credit arrived after all")
+    return None
+
+
+def remittance_failed(current: CaseState, reason: str) -> Move | None:
+    """The bank refused or returned the re-remittance: REJECTED, with its reason, from a
+    state in which it had it (submitted, processing, remitted)."""
+    if current in (CaseState.SUBMITTED, CaseState.BANK_PROCESSING, CaseState.REMITTED):
+        return Move(CaseState.REJECTED, reason)
     return None

@@ -35,7 +35,7 @@ from collector.config import CollectorConfig
 from collector.schema import case_events, transactions
 from collector.store import Store
 from collector.terms import SettlementTerms
-from posmon.wire.models import SettlementKind
+from posmon.wire.models import SettlementKind, SettlementStatus
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 __all__ = ["alert_rig"]  # the fixture, shared with the alert tests
@@ -368,3 +368,43 @@ def test_cases_commands_and_the_evidence_package(alert_rig: AlertRig, tmp_path: 
     assert pdf.startswith(b"%PDF") and len(pdf) > 1000
     for blob in (pdf, (out / f"{case_id}.json").read_bytes()):
         assert full_pan.encode() not in blob
+
+
+def test_a_reremittance_under_its_own_rrn_naming_its_case_confirms_it(alert_rig: AlertRig) -> None:
+    rig = alert_rig
+    rig.start()
+    rig.publish(txn("402511000207"), failed("402511000207", "S-207", "AC01"))
+    alert = rig.wait_alert("SETTLEMENT_FAILED")
+    case = wait_case(rig, "402511000207", "OPEN")
+    # The bank re-sends under a new reference, naming the case (or the original credit).
+    by_case = reremittance("402511999207", "R-207", 12_800, case["case_id"])
+    rig.publish(by_case)
+    confirmed = wait_case(rig, "402511000207", "CONFIRMED")
+    assert confirmed["remittance_settlement_id"] == "R-207"
+    resolved = rig.wait_alert("SETTLEMENT_FAILED", "resolved")
+    assert resolved.alert_id == alert.alert_id
+    time.sleep(0.3)
+    assert rig.alerts("ORPHAN_SETTLEMENT") == [], "a re-remittance by reference is no orphan"
+
+
+def test_the_bank_refusing_the_reremittance_rejects_the_case_with_its_reason(
+    alert_rig: AlertRig,
+) -> None:
+    rig = alert_rig
+    rig.start()
+    rig.publish(txn("402511000208"), failed("402511000208", "S-208", "AC01"))
+    case = wait_case(rig, "402511000208", "OPEN")
+    cases = CaseStore(rig.rig.reader.engine)
+    for to in (CaseState.VERIFYING, CaseState.SUBMITTED):
+        cases.advance(case["case_id"], to, actor="ops-li", now=datetime.now(UTC))
+    refused = failed("402511999208", "R-208", "AC04", status_=SettlementStatus.FAILED).model_copy(
+        update={
+            "kind": SettlementKind.REREMITTANCE,
+            "original_settlement_id": "S-208",
+            "reason_text": "account closed",
+        }
+    )
+    rig.publish(refused)
+    rejected = wait_case(rig, "402511000208", "REJECTED")
+    assert rejected["rejection_reason"] == "bank: FAILED AC04 account closed"
+    assert [e["to_state"] for e in cases.events(case["case_id"])][-1] == "REJECTED"
