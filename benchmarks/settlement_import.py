@@ -10,7 +10,8 @@ the import's own rows/s as the command reports it, CPU time, and peak RSS (ru_ma
 wait4, so the generator's memory does not count).
 
 Baseline in the same run: a bare `csv.reader` pass over the same file in this process,
-to show what parsing alone costs and the import's overhead over it.
+to show what parsing alone costs and the import's overhead over it. The machine is often
+shared: each import's line carries the 1-minute load average taken as it ended.
 
 No transactions are stored first, so every result is an ORPHAN: matched against an empty
 table (two set-based queries per chunk, finding nothing) and logged once. With matching
@@ -131,6 +132,7 @@ class Run:
     wall_s: float
     cpu_s: float
     peak_mb: float
+    load: float  # 1-minute load average as the import ended
     import_s: float | None
     rows_per_s: float | None
     stdout: str
@@ -156,6 +158,7 @@ def import_child(label: str, file: Path, config: Path, workdir: Path, chunk: int
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
         peak_mb=usage.ru_maxrss * 1024 / 1e6,  # KiB on Linux
+        load=os.getloadavg()[0],
         import_s=float(reported.group(1)) if reported else None,
         rows_per_s=float(reported.group(2).replace(",", "")) if reported else None,
         stdout=text,
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     bare_rate = bare_rows / bare_s
-    rows = [["bare csv.reader pass (this process)", f"{bare_rate:,.0f}", "-", "-", "-", "-"]]
+    rows = [["bare csv.reader pass (this process)", f"{bare_rate:,.0f}", "-", "-", "-", "-", "-"]]
     for run, _ in runs:
         rows.append(
             [
@@ -259,9 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{run.cpu_s:,.1f}",
                 f"{args.rows / run.cpu_s:,.0f}",
                 f"{run.peak_mb:,.0f}",
+                f"{run.load:.2f}",
             ]
         )
-    headers = ["", "rows/s", "incl. start-up", "CPU s", "rows per CPU s", "peak RSS MB"]
+    headers = ["", "rows/s", "incl. start-up", "CPU s", "rows per CPU s", "peak RSS MB", "load"]
     print(table(headers, rows))
     print()
     verdicts = []

@@ -8,8 +8,11 @@ The importer runs against a real store: a SQLite file, and a fresh PostgreSQL da
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -20,13 +23,21 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from collector.config import CollectorConfig
-from collector.schema import settlements
-from collector.settlement_import import SettlementFileError, import_settlements
+from collector.schema import outcome_log, settlements, transactions
+from collector.settlement_import import (
+    SettlementFileError,
+    _reason,
+    _shown,
+    import_settlements,
+)
 from collector.store import IngestReport, Store
 from collector.terms import SettlementTerms
 from posmon.wire.models import SettlementEvent, TxnEvent, TxnKind, WireMessage
@@ -70,6 +81,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/posmon.db"
         return
+    with postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards; yields its URL."""
     admin_url = make_url(os.environ.get("POSMON_TEST_POSTGRES", POSTGRES_ADMIN))
     name = f"posmon_import_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -357,25 +375,30 @@ def test_an_empty_file_or_an_unknown_encoding_is_refused(
         import_settlements(tmp_path / "missing.csv", sqlite_store)
 
 
-def test_an_imported_credit_settles_the_stored_transaction(store: Store, tmp_path: Path) -> None:
+def a_sale(rrn: str, stan: str, amount: int) -> TxnEvent:
+    """An approved sale on the terminal of `row()`, the day before its settlement."""
     terminal_time = datetime(2026, 11, 24, 15, 0, tzinfo=SHANGHAI)
-    sale = TxnEvent(
+    return TxnEvent(
         event_id=uuid.uuid4(),
         agent_id="agent-1",
         tid=TID,
         mid=MID,
         kind=TxnKind.SALE,
-        amount=12_800,
+        amount=amount,
         currency="CNY",
         pan_masked="622202*********0123",
         rc="00",
         approved=True,
-        rrn="432911000017",
-        stan="000017",
+        rrn=rrn,
+        stan=stan,
         batch="000042",
         terminal_time=terminal_time,
         observed_at=terminal_time,
     )
+
+
+def test_an_imported_credit_settles_the_stored_transaction(store: Store, tmp_path: Path) -> None:
+    sale = a_sale("432911000017", "000017", 12_800)
     store.ingest([sale])
     credit = row(17, rrn=sale.rrn, amount="12800", fee="0", net_amount="12800")
 
@@ -418,6 +441,49 @@ def test_the_acquirer_simulators_files_import_as_written(
         )
 
 
+def test_sqlite_and_postgresql_store_the_same_import(tmp_path: Path) -> None:
+    """The same file and transactions give the same rows in both (PostgreSQL uses COPY)."""
+    sales = [a_sale(f"{n:012d}", f"{n:06d}", 12_800 + n) for n in (1, 2, 3)]
+    rows = [
+        row(1),  # settles sale 1
+        row(2, status="FAILED", reason_code="AC04", reason_text=REFUSED),  # sale 2 failed
+        row(3, net_amount="1", fee="12802"),  # sale 3: short
+        row(4, stan="", batch="", bank_code="", account_masked=""),  # orphan
+        row(1),  # the same settlement again, in the file
+        row(5, amount="-100", fee="0", net_amount="-100", settled_at="2026-11-25T09:00:01.5Z"),
+        row(2, status="CREDITED"),  # a repeat: the first one stays
+    ]
+    file = write_csv(tmp_path / "both.csv", rows)
+
+    def stored(url: str) -> tuple[list[tuple[object, ...]], ...]:
+        store = Store(url, SettlementTerms(CollectorConfig()), clock=lambda: NOW)
+        try:
+            store.migrate()
+            store.ingest(sales)
+            first = import_settlements(file, store, chunk_size=3)
+            again = import_settlements(file, store, chunk_size=2)
+            assert (first.imported, first.repeats, first.bad) == (5, 2, 0)
+            assert (again.imported, again.repeats) == (0, 7)
+            with store.engine.connect() as conn:
+                return tuple(
+                    [tuple(found) for found in conn.execute(select(table).order_by(*order))]
+                    for table, order in (
+                        (settlements, [settlements.c.settlement_id]),
+                        (outcome_log, [outcome_log.c.id]),
+                        (transactions, [transactions.c.id]),
+                    )
+                )
+        finally:
+            store.close()
+
+    on_sqlite = stored(f"sqlite:///{tmp_path}/posmon.db")
+    with postgres_database() as url:
+        on_postgresql = stored(url)
+
+    assert [len(table) for table in on_sqlite] == [5, 5, 3]
+    assert on_postgresql == on_sqlite
+
+
 # --- bounded memory -----------------------------------------------------------------------
 
 
@@ -437,6 +503,146 @@ class CountingSink:
         report = IngestReport()
         report.stored["settlement"] = len(messages)
         return report
+
+
+class KeepingSink:
+    """Stands in for the store: keeps every result it is given."""
+
+    def __init__(self) -> None:
+        self.results: list[WireMessage] = []
+
+    def ingest(self, messages: Sequence[WireMessage], source: str = "mqtt") -> IngestReport:
+        self.results.extend(messages)
+        report = IngestReport()
+        report.stored["settlement"] = len(messages)
+        return report
+
+
+def as_the_model_reads_it(text: str) -> tuple[list[SettlementEvent], list[tuple[int, str]]]:
+    """What an import must make of a file's text, row by row, straight from the model.
+
+    Blank rows skipped; cells stripped and empty ones absent; money a plain integer of at
+    most 18 digits; everything else `SettlementEvent.model_validate_strings`.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = tuple(cell.strip() for cell in next(reader))
+    results: list[SettlementEvent] = []
+    bad: list[tuple[int, str]] = []
+    last = reader.line_num
+    for cells in reader:
+        line, last = last + 1, reader.line_num
+        if not "".join(cells).strip():
+            continue
+        if len(cells) != len(header):
+            bad.append((line, f"{len(cells)} cells where the header names {len(header)} columns"))
+            continue
+        values = {name: cell.strip() for name, cell in zip(header, cells, strict=True)}
+        values = {name: value for name, value in values.items() if value}
+        money = [
+            (name, values[name])
+            for name in ("amount", "fee", "net_amount")
+            if name in values and not re.fullmatch(r"-?[0-9]{1,18}", values[name])
+        ]
+        if money:
+            name, amount = money[0]
+            digits = amount.removeprefix("-")
+            what = "out of range" if digits.isascii() and digits.isdigit() else None
+            bad.append(
+                (line, f"{name}: {_shown(amount)} is {what or 'not an integer in minor units'}")
+            )
+            continue
+        try:
+            results.append(SettlementEvent.model_validate_strings(values))
+        except ValidationError as exc:
+            bad.append((line, _reason(exc)))
+    return results, bad
+
+
+_TRICKY = [
+    "",
+    " ",
+    "  \t",
+    "0",
+    "-0",
+    "007",
+    "-",
+    "+1",
+    "1.0",
+    "128.00",
+    "1e4",
+    "\uff11\uff12",  # full-width digits
+    "\u0663",  # an Arabic-Indic digit
+    "9" * 18,
+    "-" + "9" * 18,
+    "9" * 19,
+    "2026-02-30",
+    "2026-11-24T09:00:00",
+    "20261124",
+    "2026-11-25 09:00:00+08:00",
+    "2026-11-25T09:00:00Z",
+    "credited",
+    "FAILED",
+    "REREMITTANCE",
+    "cny",
+    "6222******1234",
+    "6222331234561234",
+    "posmon.settlement/1",
+    "x" * 257,
+]
+_cell_changes = st.dictionaries(
+    st.sampled_from(["schema", *COLUMNS]),
+    st.one_of(
+        st.sampled_from(_TRICKY),
+        st.builds(lambda value, pad: pad + value + pad, st.sampled_from(_TRICKY), st.just(" ")),
+        st.text(st.characters(exclude_characters="\x00\r", exclude_categories=["Cs"]), max_size=20),
+    ),
+    max_size=4,
+)
+
+
+_money = st.one_of(*(st.integers(-(10**digits), 10**digits) for digits in (3, 17, 18, 19)))
+_money_changes = st.builds(
+    lambda amount, fee: {"amount": str(amount), "fee": str(fee), "net_amount": str(amount - fee)},
+    _money,
+    _money,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.lists(st.one_of(st.none(), _cell_changes, _money_changes), min_size=1, max_size=6),
+    with_schema=st.booleans(),
+    short=st.integers(min_value=-1, max_value=5),
+)
+def test_rows_are_accepted_and_refused_exactly_as_the_model_reads_them(
+    tmp_path_factory: pytest.TempPathFactory,
+    changes: list[dict[str, str] | None],
+    with_schema: bool,
+    short: int,
+) -> None:
+    """The importer's lean row path against the model applied row by row (hypothesis)."""
+    columns = ["schema", *COLUMNS] if with_schema else COLUMNS
+    file = tmp_path_factory.mktemp("rows") / "rows.csv"
+    with file.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for n, change in enumerate(changes):
+            if change is None:
+                handle.write("\r\n")  # a blank line
+                continue
+            cells = [row(n, **change).get(name, "") for name in columns]
+            writer.writerow(cells[:-1] if n == short else cells)  # one row a cell short
+    expected, expected_bad = as_the_model_reads_it(file.read_text(encoding="utf-8"))
+    sink = KeepingSink()
+
+    result = import_settlements(file, sink, chunk_size=2)
+
+    assert [(bad.line, bad.reason) for bad in result.bad_rows] == expected_bad
+    assert sink.results == expected
+    assert [repr(r) for r in sink.results] == [repr(r) for r in expected]
+    assert [r.model_fields_set for r in sink.results] == [r.model_fields_set for r in expected]
 
 
 def write_large_csv(path: Path, rows: int, bad_every: int = 0) -> Path:
