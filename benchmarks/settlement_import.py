@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="posmon settlement import: rows/s and peak RSS for a generated CSV file."
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the file (1000000)")
-    parser.add_argument("--chunk", type=int, default=2000, help="rows per transaction (2000)")
+    parser.add_argument(
+        "--chunk", type=int, default=5000, help="rows per transaction (5000, as the command)"
+    )
     parser.add_argument(
         "--postgres",
         action="store_true",

@@ -145,7 +145,7 @@ def import_file(
     config: ConfigOption = None,
     chunk: Annotated[
         int, typer.Option("--chunk", min=1, max=100_000, help="Rows stored per transaction.")
-    ] = 2000,
+    ] = 5000,
     listed: Annotated[
         int, typer.Option("--show-bad", min=0, help="Bad rows listed (all are counted).")
     ] = 100,
