@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.alertstore import AlertStore
+from collector.alertstore import AlertStore, Silence, new_alert_id
 from collector.cases import (
     CaseError,
     CaseState,
@@ -163,6 +163,8 @@ class AlertEngine:
         self.tails: dict[str, Tail] = {}
         self._unsaved = False
         self._next_save = 0.0
+        # Silences and maintenance windows not yet over, refreshed at each sweep.
+        self.silences: list[dict[str, Any]] = []
         # Fingerprints of the open alerts, refreshed at each sweep: a status or batch that
         # clears nothing costs no query, and a condition that persists is not re-fired.
         self.open: set[str] = set()
@@ -309,7 +311,7 @@ class AlertEngine:
             return
         if outcome is Outcome.ORPHAN and self.cases is not None and self._by_reference(row, now):
             return  # a re-remittance under its own RRN, naming its case: no orphan
-        candidate = self._settlement_candidate(alert_type, outcome, row, now)
+        candidate, txn = self._settlement_candidate(alert_type, outcome, row, now)
         # A failure about the merchant or its account says nothing about the bank.
         at_bank = (
             candidate.bank_code is not None
@@ -321,23 +323,22 @@ class AlertEngine:
             group = self.store.open_alert(f"{AlertType.BANK_OUTAGE.value}:{candidate.bank_code}")
             group_id = group["alert_id"] if group else None
         case_id = None
-        if alert_type in CASE_ALERTS and row["transaction_id"] is not None:
-            case_id = self._open_case(row["transaction_id"], candidate, now)
-        fired = self._fire(candidate, now, group_id=group_id, case_id=case_id)
-        if fired and case_id is not None and self.cases is not None:
-            self.cases.annotate(case_id, alert_id=fired["alert_id"])
+        alert_id = new_alert_id()  # made first, so the case opened before it can name it
+        if alert_type in CASE_ALERTS and txn is not None:
+            case_id = self._open_case(txn, candidate, now, alert_id)
+        fired = self._fire(candidate, now, group_id=group_id, case_id=case_id, alert_id=alert_id)
         if fired and at_bank and group_id is None and candidate.bank_code:
             self._bank_outage(candidate.bank_code, now)
 
     # --- re-remittance cases --------------------------------------------------------------
 
-    def _open_case(self, txn_id: int, candidate: Candidate, now: datetime) -> str | None:
+    def _open_case(
+        self, txn: dict[str, Any], candidate: Candidate, now: datetime, alert_id: str
+    ) -> str | None:
         """The transaction's case, opened (once) when its cause calls for a re-remittance."""
         if self.cases is None or candidate.cause.value not in self.case_causes:
             return None
-        txn = self.store.transaction_by_id(txn_id)
-        if txn is None:
-            return None
+        txn_id = int(txn["id"])
         settlement = (candidate.details or {}).get("settlement") or {}
         remedy = remedy_for(settlement.get("reason_code"))
         opened = self.cases.open(
@@ -345,6 +346,7 @@ class AlertEngine:
             cause=candidate.cause.value,
             now=now,
             actor=f"collector:{self.store.collector_id}",
+            alert_id=alert_id,
             remedy=remedy,
             bank_code=candidate.bank_code,
         )
@@ -510,7 +512,8 @@ class AlertEngine:
 
     def _settlement_candidate(
         self, alert_type: AlertType, outcome: Outcome, row: dict[str, Any], now: datetime
-    ) -> Candidate:
+    ) -> tuple[Candidate, dict[str, Any] | None]:
+        """The alert for a settlement outcome, and the transaction it is about (if any)."""
         txn = self.store.transaction_by_id(row["transaction_id"]) if row["transaction_id"] else None
         settlement = (
             self.store.settlement_by_id(row["settlement_id"]) if row["settlement_id"] else None
@@ -550,7 +553,7 @@ class AlertEngine:
         else:
             fingerprint = txn_fingerprint(alert_type, tid, rrn)
         summary = _summary(alert_type, tid, rrn, money(amount, currency), result)
-        return Candidate(
+        candidate = Candidate(
             type=alert_type,
             fingerprint=fingerprint,
             cause=result.cause,
@@ -563,6 +566,7 @@ class AlertEngine:
             currency=currency if amount is not None else None,
             details=details,
         )
+        return candidate, txn
 
     def _facts(
         self,
@@ -588,7 +592,7 @@ class AlertEngine:
         if bank_code:
             since = now - timedelta(minutes=self.settings.bank_outage_window_min)
             failures = len(self._bank_failures(bank_code, since)) + 1
-            maintenance = self.store.maintenance_for(bank_code, now)
+            maintenance = self._maintenance_for(bank_code, now)
         return Facts(
             outcome=outcome,
             reason_code=settlement["reason_code"] if settlement else None,
@@ -749,6 +753,7 @@ class AlertEngine:
     def sweep(self) -> None:
         """What time alone decides."""
         self.open = self.store.open_fingerprints()
+        self.silences = self.store.silences(self.clock())
         now = self.clock()
         wall = datetime.now(UTC)
         self._offline(now, wall)
@@ -867,11 +872,14 @@ class AlertEngine:
         *,
         group_id: str | None = None,
         case_id: str | None = None,
+        alert_id: str | None = None,
     ) -> dict[str, Any] | None:
         if candidate.fingerprint in self.open:
             return None
-        silence = self.store.silence_for(candidate, now)
-        row = self.store.fire(candidate, now, silence=silence, group_id=group_id, case_id=case_id)
+        silence = self._silence_for(candidate, now)
+        row = self.store.fire(
+            candidate, now, silence=silence, group_id=group_id, case_id=case_id, alert_id=alert_id
+        )
         self.open.add(candidate.fingerprint)
         if row is not None:
             self.fired += 1
@@ -886,6 +894,30 @@ class AlertEngine:
             self.on_queued()
             self.on_alert(row)
         return row
+
+    def _silence_for(self, candidate: Candidate, at: datetime) -> Silence | None:
+        """The silence or maintenance window muting this alert at `at` (each matcher a
+        silence sets must match; those it leaves empty match anything)."""
+        wanted = {
+            "type": candidate.type.value,
+            "bank_code": candidate.bank_code,
+            "mid": candidate.mid,
+            "tid": candidate.tid,
+        }
+        for row in self.silences:
+            if not row["starts_at"] <= at < row["ends_at"]:
+                continue
+            if all(row[key] is None or row[key] == value for key, value in wanted.items()):
+                return Silence(row["silence_id"], row["reason"], bool(row["maintenance"]))
+        return None
+
+    def _maintenance_for(self, bank_code: str, at: datetime) -> str | None:
+        """The reason of a maintenance window declared for this bank at `at`."""
+        for row in self.silences:
+            covers = row["starts_at"] <= at < row["ends_at"]
+            if covers and row["maintenance"] and row["bank_code"] == bank_code:
+                return str(row["reason"])
+        return None
 
     def _resolve(self, fingerprint: str, now: datetime, note: str) -> None:
         if fingerprint not in self.open:

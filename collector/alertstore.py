@@ -10,7 +10,7 @@ alert that is stored is always delivered (collector.notify works the queue).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +53,20 @@ class AlertError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def new_alert_id() -> str:
+    """A new alert's id: short enough to type into `alerts ack`."""
+    return f"A-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A notification written to the queue: handed to its channel once committed."""
+
+    notification_id: int
+    channel: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,8 @@ class AlertStore:
         # Reads must not queue for SQLite's write lock behind the ingest's commits.
         self.reads = reads or engine
         self.collector_id = collector_id
+        # Called with what was queued once it is committed (the dispatchers' fast path).
+        self.on_queued: Callable[[list[Queued]], None] = lambda queued: None
         self.channels = list(channels)
 
     # --- the lifecycle ------------------------------------------------------------------
@@ -121,13 +137,15 @@ class AlertStore:
         silence: Silence | None = None,
         group_id: str | None = None,
         case_id: str | None = None,
+        alert_id: str | None = None,
     ) -> dict[str, Any] | None:
         """Store a new alert and queue its notifications; None when it is already open.
 
         An open alert for the same condition gets the newer details instead (no new
-        notification: the condition is the same).
+        notification: the condition is the same). `alert_id` may be made beforehand
+        (`new_alert_id()`), for a case that names its alert.
         """
-        alert_id = f"A-{uuid.uuid4().hex[:16]}"  # short enough to type into `alerts ack`
+        alert_id = alert_id or new_alert_id()
         details = dict(candidate.details)
         if silence is not None:
             details["silenced"] = silence.reason
@@ -155,15 +173,17 @@ class AlertStore:
             "notified_at": None if silence or group_id else wall_clock(),
             "collector_id": self.collector_id,
         }
+        queued: list[Queued] = []
         try:
             with self.engine.begin() as conn:
                 conn.execute(alerts.insert().values(row))
                 note = candidate.summary if silence is None else f"muted: {silence.reason}"
                 self._history(conn, alert_id, now, "fired", by=self.collector_id, note=note)
-                stored = self._must(conn, alert_id)
+                stored = {**row, "resolved_at": None, "acked_at": None, "acked_by": None}
                 if silence is None and group_id is None:
-                    self._queue(conn, stored)
-                return stored
+                    queued = self._queue(conn, stored)
+            self.on_queued(queued)
+            return stored
         except IntegrityError:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -191,9 +211,9 @@ class AlertStore:
             )
             stored = self._must(conn, row["alert_id"])
             # Resolutions follow their firing: a muted or grouped alert stays quiet.
-            if row["notified_at"] is not None:
-                self._queue(conn, stored)
-            return stored
+            queued = self._queue(conn, stored) if row["notified_at"] is not None else []
+        self.on_queued(queued)
+        return stored
 
     def acknowledge(
         self, alert_id: str, actor: str, now: datetime, note: str = ""
@@ -234,6 +254,7 @@ class AlertStore:
         key = alerts.c
         now = wall_clock()
         before = now - every
+        queued: list[Queued] = []
         with self.engine.begin() as conn:
             rows = (
                 conn.execute(
@@ -255,8 +276,9 @@ class AlertStore:
                 self._history(
                     conn, row["alert_id"], now, "renotified", by=self.collector_id, note=None
                 )
-                self._queue(conn, dict(row))
-            return [dict(row) for row in rows]
+                queued.extend(self._queue(conn, dict(row)))
+        self.on_queued(queued)
+        return [dict(row) for row in rows]
 
     # --- reading ------------------------------------------------------------------------
 
@@ -700,23 +722,26 @@ class AlertStore:
             )
         )
 
-    def _queue(self, conn: Connection, row: dict[str, Any]) -> None:
+    def _queue(self, conn: Connection, row: dict[str, Any]) -> list[Queued]:
+        """One notification per channel; what was queued, handed on after the commit."""
         if not self.channels:  # a reader's store (the commands, the API) delivers nothing
-            return
+            return []
         now = wall_clock()
         payload = alert_event(row).to_json().decode()
-        conn.execute(
-            notifications.insert(),
-            [
-                {
-                    "alert_id": row["alert_id"],
-                    "channel": channel,
-                    "payload": payload,
-                    "created_at": now,
-                    "attempts": 0,
-                    "next_attempt_at": now - timedelta(seconds=1),
-                    "collector_id": self.collector_id,
-                }
-                for channel in self.channels
-            ],
-        )
+        queued: list[Queued] = []
+        for channel in self.channels:
+            notification_id = conn.execute(
+                notifications.insert()
+                .values(
+                    alert_id=row["alert_id"],
+                    channel=channel,
+                    payload=payload,
+                    created_at=now,
+                    attempts=0,
+                    next_attempt_at=now - timedelta(seconds=1),
+                    collector_id=self.collector_id,
+                )
+                .returning(notifications.c.id)
+            ).scalar_one()
+            queued.append(Queued(int(notification_id), channel, payload))
+        return queued

@@ -104,9 +104,8 @@ class CaseStore:
             if existing is None:  # the insert failed for another reason
                 raise
             return Opened(existing, created=False)
-        case = self.get(case_id)
-        assert case is not None
-        return Opened(case, created=True)
+        empty = {column.name: None for column in cases.columns}
+        return Opened({**empty, **row}, created=True)
 
     def advance(
         self,

@@ -21,12 +21,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.alertconfig import AppriseChannel, NotifySection, WebhookChannel
-from collector.alertstore import AlertStore
+from collector.alertstore import AlertStore, Queued
 from posmon.mqtt import Backoff, MqttClient, MqttError, MqttSettings, Topics
 from posmon.wire.models import AlertEvent
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 MQTT_CHANNEL = "mqtt"
 PUBACK_WAIT_S = 5.0
 IDLE_WAIT_S = 1.0
+RECENT_SENT = 10_000
 
 
 class DeliveryError(Exception):
@@ -199,6 +201,19 @@ class Dispatcher:
         self.failures = 0
         self._backoff = Backoff(settings.retry_min_s, settings.retry_max_s)
         self._paused_until = 0.0
+        # The fast path: notifications handed over as they are committed, sent without
+        # reading them back, once the stored queue has nothing older (`_caught_up`).
+        self._handed: deque[Queued] = deque()
+        self._lock = threading.Lock()
+        self._caught_up = False
+        self._recent: deque[int] = deque(maxlen=RECENT_SENT)  # sent ids, against repeats
+        self._recent_set: set[int] = set()
+
+    def hand(self, queued: Queued) -> None:
+        """A notification just committed for this channel (from the alert engine)."""
+        with self._lock:
+            self._handed.append(queued)
+        self.wake.set()
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; woken at once by `wake` when something is queued."""
@@ -223,7 +238,19 @@ class Dispatcher:
         """Send what is due; True when there may be more right away."""
         if time.monotonic() < self._paused_until:
             return False
-        rows = self.store.due(self.channel.name, datetime.now(UTC))
+        with self._lock:
+            handed, self._handed = list(self._handed), deque()
+        rows: list[dict[str, Any]]
+        if handed and self._caught_up:
+            rows = [
+                {"id": q.notification_id, "payload": q.payload}
+                for q in handed
+                if q.notification_id not in self._recent_set
+            ]
+        else:
+            # Anything handed over is in the stored queue too, behind what is older.
+            rows = self.store.due(self.channel.name, datetime.now(UTC))
+            self._caught_up = not rows
         sent: list[int] = []
         try:
             for row in rows:
@@ -236,6 +263,7 @@ class Dispatcher:
                     self._paused_until = time.monotonic() + delay
                     retry_at = datetime.now(UTC) + timedelta(seconds=delay)
                     self.store.failed(row["id"], exc.reason, retry_at)
+                    self._caught_up = False
                     logger.warning(
                         "notify %s: %s; alert %s retried in %.1f s",
                         self.channel.name,
@@ -246,6 +274,7 @@ class Dispatcher:
                     return False
                 self._backoff.reset()
                 sent.append(row["id"])
+                self._remember(row["id"])
                 self.delivered += 1
                 self.on_delivered(alert)
         finally:
@@ -254,7 +283,16 @@ class Dispatcher:
                 self.store.delivered(sent, datetime.now(UTC))
         return len(rows) > 0
 
+    def _remember(self, notification_id: int) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(notification_id)
+        self._recent_set.add(notification_id)
+
     def _wait(self) -> float:
+        with self._lock:
+            if self._handed:
+                return 0.0
         paused = self._paused_until - time.monotonic()
         if paused > 0:
             return min(paused, IDLE_WAIT_S)

@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime
 
 from collector.alerts import AlertEngine
-from collector.alertstore import AlertStore
+from collector.alertstore import AlertStore, Queued
 from collector.casestore import CaseStore
 from collector.config import CollectorConfig
 from collector.correlate import Outcome
@@ -76,6 +76,7 @@ class Collector:
         self.dispatchers = [
             Dispatcher(channel, self.alert_store, config.notify) for channel in channels
         ]
+        self.alert_store.on_queued = self._hand_over
         self.metrics = metrics_sink(config.metrics)
         self.recorder = Recorder(
             self.metrics,
@@ -98,6 +99,14 @@ class Collector:
             app = create_app(self.store, lambda report: self.report(report.changes))
             self.http = HttpServer(app, config.http.host, config.http.port)
         self.started_at = datetime.now(UTC)
+
+    def _hand_over(self, queued: list[Queued]) -> None:
+        """Notifications just committed go straight to their channel's dispatcher."""
+        by_channel = {dispatcher.channel.name: dispatcher for dispatcher in self.dispatchers}
+        for item in queued:
+            dispatcher = by_channel.get(item.channel)
+            if dispatcher is not None:
+                dispatcher.hand(item)
 
     def _wake_dispatchers(self) -> None:
         for dispatcher in self.dispatchers:
