@@ -15,8 +15,6 @@ import logging
 import os
 import platform
 import select
-import shutil
-import socket
 import sqlite3
 import struct
 import subprocess
@@ -35,10 +33,10 @@ from types import TracebackType
 
 from posmon.mqtt import Message, MqttClient, MqttSettings
 from posmon.wire.frames import ACK, NAK
+from simulators.broker import PrivateBroker
 from simulators.stream import TrafficGenerator, TrafficProfile
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKER_CONF = ROOT / "deploy" / "mosquitto" / "posmon.conf"
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TID = "10000001"
@@ -62,12 +60,6 @@ def workspace() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="posmon-bench-") as tmp:
         os.chmod(tmp, 0o711)
         yield Path(tmp)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -192,63 +184,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 # --- the broker -------------------------------------------------------------------------
 
 
-class Broker:
-    """mosquitto with deploy/mosquitto/posmon.conf on a free port, data in its own folder."""
+class Broker(PrivateBroker):
+    """posmon's broker configuration on a free port (simulators.broker), clients
+    reconnecting fast: a benchmark's outage ends when its broker is back."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        data = workdir / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        for folder in (workdir, data):
-            os.chmod(folder, 0o777)
-        lines = []
-        for line in BROKER_CONF.read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key in ("listener", "persistence_location", "password_file", "allow_anonymous"):
-                continue
-            lines.append(line)
-        lines += [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence_location {data}/",
-            f"log_dest file {workdir}/mosquitto.log",
-        ]
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([binary, "-c", str(self.conf)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.02)
-        log = self.workdir / "mosquitto.log"
-        text = log.read_text() if log.exists() else ""
-        raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{text}")
-
-    def stop(self) -> None:
-        """SIGTERM: mosquitto writes its persistence file (sessions, queues) first."""
-        stop_process(self.process)
-        self.process = None
-
-    def settings(self, prefix: str) -> MqttSettings:
-        return MqttSettings.model_validate(
-            {
-                "host": "127.0.0.1",
-                "port": self.port,
-                "topic_prefix": prefix,
-                "reconnect_min_s": 0.05,
-                "reconnect_max_s": 0.2,
-            }
-        )
+    def settings(self, prefix: str, **overrides: object) -> MqttSettings:
+        values: dict[str, object] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.2}
+        values.update(overrides)
+        return super().settings(prefix, **values)
 
 
 # --- the agent --------------------------------------------------------------------------
