@@ -654,3 +654,19 @@ def test_two_collectors_sharing_a_subscription_store_once_and_report_overdue_onc
         assert sum(c.get("stored.txn", 0) for c in counters) == total
         assert sum(c.get("repeats.txn", 0) for c in counters) >= total  # each sent twice
         assert sum(r.collector.overdue.reported for r in pair) == overdue_count
+
+
+def test_a_nul_character_is_dead_lettered_and_the_rest_of_its_batch_stored(rig: Rig) -> None:
+    """PostgreSQL cannot store NUL in text: such a message must not fail its batch forever."""
+    running = rig.start(rig.config("nul"))
+    rig.wait_subscribed()
+    topics = Topics(rig.prefix)
+    with_nul = probe(uuid.uuid4()).model_copy(update={"firmware": "V2\x00"})
+    rig.publisher.publish(topics.terminal("99999999", "status"), with_nul.to_json())
+    rig.publisher.message(txn("402511000301"))
+    rig.publisher.flush()
+    wait_until(lambda: stored_txns(rig.reader) == 1, 10, "the transaction stored")
+    wait_until(lambda: running.counters.get("deadletters") == 1, 10, "the NUL dead-lettered")
+    with rig.reader.engine.connect() as conn:
+        (reason,) = conn.execute(select(deadletters.c.reason)).scalars()
+    assert "NUL character" in reason

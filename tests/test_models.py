@@ -384,3 +384,25 @@ def test_dead_letter_from_elsewhere_is_masked_when_read() -> None:
     assert letter.payload == '{"pan": "411111******1111"}'
     assert letter.reason == "bad 550000******0004"
     assert b"4111111111111111" not in letter.to_json()
+
+
+def test_a_nul_character_in_a_text_field_is_refused_a_spelled_out_one_is_not() -> None:
+    """PostgreSQL cannot store NUL: a message holding one would fail its batch forever."""
+
+    def status(firmware: str) -> bytes:
+        return StatusEvent(
+            event_id=EVENT_ID,
+            agent_id="box-1",
+            tid="10000001",
+            link_up=True,
+            network=Network.ETH,
+            saf_pending=0,
+            serial_ok=True,
+            observed_at=OBSERVED,
+            firmware=firmware,
+        ).to_json()
+
+    with pytest.raises(MessageError, match="NUL character"):
+        parse_message(status("V2.3\x00"))
+    spelled_out = parse_message(status("V2.3\\u0000"))
+    assert isinstance(spelled_out, StatusEvent) and spelled_out.firmware == "V2.3\\u0000"

@@ -449,7 +449,22 @@ def parse_message(payload: bytes, expected: type[WireMessage] | None = None) -> 
         raise MessageError(_describe(exc), payload) from exc
     if expected is not None and not isinstance(message, expected):
         raise MessageError(f"schema {message.SCHEMA} where {expected.SCHEMA} was expected", payload)
+    # A NUL character in a text field cannot be stored (PostgreSQL refuses it), so a batch
+    # holding one would fail again at every retry. Only a payload that spells one out is
+    # looked at closely.
+    if b"\\u0000" in payload and _holds_nul(message.model_dump()):
+        raise MessageError("a text field holds a NUL character (\\u0000)", payload)
     return message
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _describe(exc: ValidationError) -> str:
