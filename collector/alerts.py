@@ -54,7 +54,7 @@ CASE_ALERTS = frozenset(
     {AlertType.SETTLEMENT_FAILED, AlertType.SETTLEMENT_RETURNED, AlertType.SETTLEMENT_OVERDUE}
 )
 # Causes that a cluster of failures at one bank can stand for.
-BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value, Cause.UNKNOWN.value})
+BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value})
 # A gap in a followed table's ids (a transaction that took an id and has not committed
 # yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
 GAP_WAIT_S = 10.0

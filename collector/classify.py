@@ -7,8 +7,8 @@ evidence first:
 2. the terminal's link around the transaction (approved offline, LINK=DOWN, a SAF
    backlog): NETWORK, for a settlement that never came;
 3. its batch never closed, or closed unbalanced: OPERATOR, for a settlement that never came;
-4. a declared maintenance window or a cluster of failures at the merchant's bank:
-   BANK_SYSTEM;
+4. for money not paid (failed, returned, overdue): a declared maintenance window or a
+   cluster of failures at the merchant's bank: BANK_SYSTEM;
 5. what the outcome itself says: an amount credited other than expected was keyed wrong
    (OPERATOR); a credit sent twice is the bank's (BANK_SYSTEM); a voided transaction that
    was credited anyway was mishandled (OPERATOR); a settlement that never came although
@@ -70,6 +70,7 @@ class Classification:
 
 
 NEVER_CAME = frozenset({Outcome.OVERDUE})
+NOT_PAID = frozenset({Outcome.FAILED, Outcome.RETURNED, Outcome.OVERDUE})
 
 
 def reason_cause(code: str | None, overrides: Mapping[str, Cause]) -> tuple[Cause, str] | None:
@@ -114,7 +115,9 @@ def classify(  # noqa: PLR0911 - one return per rule, in the order the docstring
         if facts.batch_result not in (None, "OK"):
             evidence.append(f"its batch closed {facts.batch_result}")
             return Classification(Cause.OPERATOR, evidence)
-    bank = _bank(facts)
+    # The bank's state explains money that did not come; not a wrong amount or a double
+    # credit, which the outcome itself explains.
+    bank = _bank(facts) if facts.outcome in NOT_PAID else []
     if bank:
         return Classification(Cause.BANK_SYSTEM, evidence + bank)
     return _by_outcome(facts, evidence)

@@ -76,6 +76,18 @@ SAF = TerminalContext(statuses=3, saf_max=4)
             Cause.OPERATOR,
             "credited 12000, expected 12800",
         ),
+        (
+            Facts(
+                Outcome.MISMATCH,
+                bank_code="0102",
+                bank_failures=5,
+                bank_outage_threshold=3,
+                expected_net=12_800,
+                credited_net=12_000,
+            ),
+            Cause.OPERATOR,
+            "amount keyed wrong",
+        ),
         (Facts(Outcome.DUPLICATE), Cause.BANK_SYSTEM, "credited twice"),
         (Facts(Outcome.REVERSED_BUT_SETTLED), Cause.OPERATOR, "voided or reversed"),
         (Facts(Outcome.ORPHAN, merchant_status="frozen"), Cause.UNKNOWN, "no transaction"),
