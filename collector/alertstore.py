@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from collector.classify import TerminalContext
@@ -413,43 +413,6 @@ class AlertStore:
     def silence(self, silence_id: str) -> dict[str, Any] | None:
         rows = self._rows(select(silences).where(silences.c.silence_id == silence_id))
         return rows[0] if rows else None
-
-    def silence_for(self, candidate: Candidate, at: datetime) -> Silence | None:
-        """The silence or maintenance window that mutes this alert at `at`, if any.
-
-        Each matcher a silence sets must match; the ones it leaves empty match anything.
-        """
-        key = silences.c
-        conditions = []
-        for column, value in (
-            (key.type, candidate.type.value),
-            (key.bank_code, candidate.bank_code),
-            (key.mid, candidate.mid),
-            (key.tid, candidate.tid),
-        ):
-            conditions.append(or_(column.is_(None), column == value) if value else column.is_(None))
-        query = select(key.silence_id, key.reason, key.maintenance).where(
-            key.starts_at <= at, key.ends_at > at, and_(*conditions)
-        )
-        with self.reads.connect() as conn:
-            row = conn.execute(query.limit(1)).first()
-        return Silence(row[0], row[1], bool(row[2])) if row is not None else None
-
-    def maintenance_for(self, bank_code: str, at: datetime) -> str | None:
-        """The reason of a maintenance window declared for this bank at `at`."""
-        key = silences.c
-        with self.reads.connect() as conn:
-            reason = conn.execute(
-                select(key.reason)
-                .where(
-                    key.maintenance.is_(True),
-                    key.bank_code == bank_code,
-                    key.starts_at <= at,
-                    key.ends_at > at,
-                )
-                .limit(1)
-            ).scalar()
-        return str(reason) if reason is not None else None
 
     # --- the notification queue ---------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
@@ -63,12 +63,13 @@ def _link(link: str | None, pty: Path | None, baudrate: int) -> ByteLink:
 
 
 @contextmanager
-def _stop_on_signals(terminal: SimulatedTerminal) -> Iterator[None]:
-    """Turn Ctrl-C and SIGTERM into a clean stop (counters printed, pty removed)."""
+def _on_signals(action: Callable[[], None]) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into `action` (a clean stop, with what the command prints
+    at its end), for as long as the block runs."""
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         logger.info("signal %s: stopping", signal.Signals(signum).name)
-        terminal.stop()
+        action()
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -205,7 +206,7 @@ def terminal(
         typer.echo(f"terminal {tid}, seed {seed}; Ctrl-C to stop")
         if isinstance(byte_link, PtyLink) and wait_for_agent:
             typer.echo("waiting for the agent to open the port ...")
-        with _stop_on_signals(terminal):
+        with _on_signals(terminal.stop):
             counters = terminal.run(count=count, duration=duration, close_batch=close_batch)
     finally:
         byte_link.close()
@@ -474,28 +475,12 @@ def acquirer(
         f"virtual time from {start.isoformat(timespec='seconds')} x{scale:g}; Ctrl-C to stop"
     )
     try:
-        with _set_on_signals(stop):
+        with _on_signals(stop.set):
             summary = runner.run(stop, duration=duration)
     finally:
         if truth is not None:
             truth.close()
     typer.echo(" ".join(f"{name}={value}" for name, value in summary.as_dict().items()))
-
-
-@contextmanager
-def _set_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Turn Ctrl-C and SIGTERM into setting `stop`, for a clean end with a summary."""
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @app.command(
@@ -555,7 +540,7 @@ def scenario(
         f"({plan.time.traffic_s:.0f} s trading), virtual time x{plan.time.scale:g} "
         f"from {plan.time.origin.isoformat(timespec='minutes')}; files in {folder}"
     )
-    with _set_on_signals(stop):
+    with _on_signals(stop.set):
         files = run.run()
     if not score:
         typer.echo(f"done; database {files.database}, ground truth {files.ground_truth}")
@@ -733,7 +718,7 @@ def demo(
             run = ScenarioRun(
                 plan, workdir, broker_url=broker, metrics=metrics, on_tick=view.tick, stop=stop
             )
-            with _set_on_signals(stop):
+            with _on_signals(stop.set):
                 files = run.run()
     finally:
         if embedded is not None:
