@@ -74,7 +74,17 @@ EXCLUDED = [positive_data_acceptance]
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_no_schema_violation(case: Any, served: Served) -> None:
     case.call_and_validate(
-        base_url=served.url,
-        headers={"Authorization": f"Bearer {served.token}"},
-        excluded_checks=EXCLUDED,
+        base_url=served.url, headers=_auth(case, served.token), excluded_checks=EXCLUDED
     )
+
+
+def _auth(case: Any, token: str) -> dict[str, str]:
+    """The admin's token, in place of the generated Authorization header.
+
+    Except where a negative case left the (required) header out on purpose: putting it back
+    would make that case valid again, and the API's 200 would count as accepting bad data.
+    """
+    negative = case.meta is not None and case.meta.generation.mode.is_negative
+    if negative and "Authorization" not in (case.headers or {}):
+        return {}
+    return {"Authorization": f"Bearer {token}"}
