@@ -198,8 +198,7 @@ class Ingestor:
             self._pending = []
             self.client.disconnect()
             return None
-        for message in batch.messages:
-            self.client.ack(message)
+        self.client.ack_all(batch.messages)
         for letter in batch.letters:
             self.client.publish(self.topics.deadletter, letter.to_json())
         self._count(report, batch.messages, batch.letters)
