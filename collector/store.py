@@ -132,9 +132,11 @@ class Store:
         self.clock = clock
         self.skew = timedelta(days=skew_days)
         self.engine = _engine(url)
-        # SQLite: reads (the overdue watch's, status, the API's) on their own engine, so
-        # they never wait for the write lock. PostgreSQL needs no such thing.
-        self._reads = _engine(url, writer=False) if url.startswith("sqlite") else self.engine
+        # Reads (the alert engine's tails, the overdue watch's, status, the API's) on their
+        # own engine. SQLite: transactions that never take the write lock. PostgreSQL:
+        # autocommit, each read its own statement-level snapshot as under READ COMMITTED,
+        # without the BEGIN and ROLLBACK round trips a transaction around it would cost.
+        self._reads = _engine(url, writer=False)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._insert_sqls: dict[tuple[str, tuple[str, ...], int, str | None], str] = {}
         self._converter_cache: dict[
@@ -168,23 +170,35 @@ class Store:
     def ingest(self, messages: Sequence[WireMessage], source: str = "mqtt") -> IngestReport:
         """Store a batch of validated messages in one database transaction.
 
-        Messages take effect in order. Consecutive messages of one kind are stored together
-        (`_transactions`, `_settlements`, `_events`), with the same result as one at a time.
+        Transactions and settlement results take effect in order: consecutive ones of one
+        kind are stored together (`_transactions`, `_settlements`), with the same result as
+        one at a time. Status, batch, presence and dead-letter events touch nothing else
+        and nothing reads them while storing: each kind is stored in one go, in its own
+        order, so the status every few transactions does not split the transactions into
+        many small runs, each paying its statements.
         """
         report = IngestReport()
         now = self.clock()
+        ordered: list[WireMessage] = []
+        events: dict[type[WireMessage], list[WireMessage]] = {}
+        for message in messages:
+            if isinstance(message, TxnEvent | SettlementEvent):
+                ordered.append(message)
+            else:
+                events.setdefault(type(message), []).append(message)
         with self.engine.begin() as conn:
             if self.is_postgres:
-                self._lock_terminals(conn, messages)
-            for _, group in itertools.groupby(messages, key=type):
+                self._lock_terminals(conn, ordered)
+            for _, group in itertools.groupby(ordered, key=type):
                 run = list(group)
                 if isinstance(run[0], TxnEvent):
                     txns = [m for m in run if isinstance(m, TxnEvent)]
                     self._transactions(conn, txns, now, report)
-                elif isinstance(run[0], SettlementEvent):
+                else:
                     results = [m for m in run if isinstance(m, SettlementEvent)]
                     self._settlements(conn, results, source, now, report)
-                elif isinstance(run[0], PresenceEvent):
+            for kind, run in events.items():
+                if kind is PresenceEvent:
                     for message in run:
                         assert isinstance(message, PresenceEvent)
                         self._presence(conn, message)
@@ -980,7 +994,9 @@ def _engine(url: str, *, writer: bool = True) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if writer:
+        return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, isolation_level="AUTOCOMMIT")
 
 
 def _utc(value: datetime) -> datetime:

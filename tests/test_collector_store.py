@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from collector.config import CollectorConfig, MerchantRule, SettlementMode, SettlementSection
 from collector.correlate import Outcome
@@ -823,3 +823,43 @@ def test_fast_converters_write_what_sqlalchemy_would(dialect_name: str) -> None:
     assert fast is not None
     with pytest.raises(ValueError, match="naive"):
         fast(datetime(2026, 11, 25, 10, 30))  # noqa: DTZ001 - the case refused
+
+
+def test_status_events_between_transactions_do_not_split_their_batch(store: Store) -> None:
+    """A terminal's status every few sales (as agents publish) is stored beside them: the
+    sales of a batch are stored with the statements of one run, not one run per gap,
+    and a void later in the batch still cancels its sale."""
+    messages: list[WireMessage] = []
+    sales = [sale(f"4025110031{i:02d}") for i in range(40)]
+    for index, txn in enumerate(sales):
+        messages.append(txn)
+        if index % 4 == 3:
+            messages.append(
+                StatusEvent(
+                    event_id=uuid.uuid4(),
+                    agent_id="box-1",
+                    tid=TID,
+                    link_up=True,
+                    network=Network.ETH,
+                    saf_pending=0,
+                    serial_ok=True,
+                    observed_at=NOW,
+                )
+            )
+    messages.append(void(sales[0], "402511003199"))
+    statements: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", counted)
+    try:
+        report = store.ingest(messages)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", counted)
+    assert report.stored == {"txn": 41, "status": 10}
+    assert store.outcome_history(TID, sales[0].rrn) == ["CANCELLED"]
+    assert store.transaction(TID, sales[1].rrn)["outcome"] == "PENDING"
+    # One run of 41 transactions and one of 10 status events. Ten runs of four sales
+    # each with its own insert and look-ups would take well over 40.
+    assert len(statements) <= 15, statements
