@@ -59,6 +59,9 @@ BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value})
 # yet, on PostgreSQL) is waited for this long before it is taken to be a rollback.
 GAP_WAIT_S = 10.0
 TAIL_BATCH = 500
+# Status, batch and transaction rows are read in smaller batches: a failed settlement
+# woken in meanwhile waits for at most one of them (a few milliseconds), not for 500.
+BACKGROUND_BATCH = 100
 SAVE_EVERY_S = 1.0
 
 
@@ -245,11 +248,9 @@ class AlertEngine:
         )
         moved = self._read("outcome_log", self.store.outcome_rows, self._outcome)
         for name, read, handle in readers:
-            if self.wake.is_set():
-                self.wake.clear()
-                moved = self._read("outcome_log", self.store.outcome_rows, self._outcome) or moved
-            progress = self._read(name, read, handle)
-            full = full or progress == TAIL_BATCH
+            moved = self._outcomes_if_woken() or moved
+            progress = self._read(name, read, handle, BACKGROUND_BATCH)
+            full = full or progress == BACKGROUND_BATCH
             moved = moved or bool(progress)
         self._unsaved = self._unsaved or bool(moved)
         if self._unsaved and time.monotonic() >= self._next_save:
@@ -268,15 +269,25 @@ class AlertEngine:
         self._unsaved = False
         self._next_save = time.monotonic() + SAVE_EVERY_S
 
+    def _outcomes_if_woken(self) -> bool:
+        """Settlement outcomes stored since the last look, when the ingest has said so."""
+        if not self.wake.is_set():
+            return False
+        self.wake.clear()
+        moved = bool(self._read("outcome_log", self.store.outcome_rows, self._outcome))
+        self._unsaved = self._unsaved or moved
+        return moved
+
     def _read(
         self,
         name: str,
         read: Callable[[int, int], list[dict[str, Any]]],
         handle: Callable[[dict[str, Any]], None],
+        limit: int = TAIL_BATCH,
     ) -> int:
         """Handle the new rows of one table; returns how many there were."""
         tail = self.tails.setdefault(name, Tail(0))
-        fresh = tail.take(read(tail.position, TAIL_BATCH))
+        fresh = tail.take(read(tail.position, limit))
         for row in fresh:
             self.on_fact(name, row)
             handle(row)
@@ -757,6 +768,7 @@ class AlertEngine:
         now = self.clock()
         wall = datetime.now(UTC)
         self._offline(now, wall)
+        self._outcomes_if_woken()  # between the sweep's stages, a failure does not wait
         for tid, since in self.links.due(wall, self.settings.link_down_s):
             link_up, saf = self.links.last.get(tid, (True, 0))
             trouble = "LINK=DOWN" if not link_up else f"SAF backlog {saf}"
@@ -776,10 +788,13 @@ class AlertEngine:
                 ),
                 now,
             )
+        self._outcomes_if_woken()
         self._unclosed_batches(now)
         self._outages_over(now)
+        self._outcomes_if_woken()
         if self.cases is not None:
             self._case_slas(now)
+            self._outcomes_if_woken()
         for row in self.store.renotify_due(timedelta(minutes=self.settings.renotify_min)):
             logger.info(
                 "alert %s (%s) still unacknowledged: notified again", row["alert_id"], row["type"]

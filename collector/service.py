@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from datetime import UTC, datetime
@@ -142,6 +143,11 @@ class Collector:
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set; pending messages are stored and acked on the way out."""
+        # What start-up made (modules, schemas, compiled statements) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks it (one
+        # took 98 ms under load on PostgreSQL, every thread stopped, an alert waiting).
+        gc.collect()
+        gc.freeze()
         threads = [
             threading.Thread(target=self.ingestor.run, args=(stop,), name="ingest", daemon=True),
             threading.Thread(target=self.overdue.run, args=(stop,), name="overdue", daemon=True),

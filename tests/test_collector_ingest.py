@@ -670,3 +670,42 @@ def test_a_nul_character_is_dead_lettered_and_the_rest_of_its_batch_stored(rig: 
     with rig.reader.engine.connect() as conn:
         (reason,) = conn.execute(select(deadletters.c.reason)).scalars()
     assert "NUL character" in reason
+
+
+def test_connections_dropped_by_postgresql_cost_a_retry_and_lose_nothing(
+    postgres_url: str, broker: Broker, prefix: str
+) -> None:
+    """The collector does not ping a pooled connection before each use. When the server
+    drops them all (a restart, a failover, an administrator), the next statement on each
+    pool fails, the pool is replaced and the work is done again: the batch that failed is
+    redelivered, and every transaction is stored once, its overdue reported once."""
+    total = 600
+    with rig_on(postgres_url, broker, prefix) as rig:
+        running = rig.start(rig.config("dropped", ingest={"batch_size": 20}))
+        rig.wait_subscribed()
+        sales = many_sales(total)
+        late = txn("402511009901", mid=MID_T0, at=datetime.now(UTC))
+        publishing = stream(rig.publisher, [late, *sales])
+        database = rig.reader.engine.url.database
+        try:
+            for round_ in range(1, 4):  # while the stream comes in, three times
+                stored = 100 * round_
+                wait_until(lambda: stored_txns(rig.reader) >= stored, 30, f"{stored} stored")  # noqa: B023
+                with rig.reader.engine.connect() as conn:
+                    dropped = conn.exec_driver_sql(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = %(db)s AND pid <> pg_backend_pid()",
+                        {"db": database},
+                    ).scalar_one()
+                    assert dropped >= 1
+                rig.reader.engine.dispose()  # the test's own connections went too
+                rig.reader.reads.dispose()
+        finally:
+            publishing.join(timeout=60)
+        wait_until(lambda: stored_txns(rig.reader) == total + 1, 60, f"{total + 1} stored")
+        assert set(outcomes(rig.reader)) >= {s.rrn for s in sales}
+        wait_until(lambda: len(overdue_log(rig.reader)) == 1, 10, "the overdue reported")
+        time.sleep(0.5)
+        assert stored_txns(rig.reader) == total + 1
+        assert len(overdue_log(rig.reader)) == 1
+        assert running.collector.ingestor.client.connected
