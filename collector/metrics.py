@@ -202,6 +202,8 @@ class Recorder:
             "batches": self._batch,
             "outcome_log": self._outcome,
         }
+        if isinstance(sink, NoMetrics):
+            self._handlers = {}  # nothing to build a sample of every row for
 
     # --- hooks ----------------------------------------------------------------------------
 

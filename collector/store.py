@@ -250,17 +250,18 @@ class Store:
         """
         rows: dict[str, dict[str, Any]] = {}
         keys: set[tuple[str, str, str]] = set()
-        first: list[TxnEvent] = []  # each event id and business key once
+        first: list[tuple[str, TxnEvent]] = []  # each event id and business key once
         for txn in txns:
-            key = (txn.tid, txn.rrn, txn.kind.value)
-            if str(txn.event_id) not in rows and key not in keys:
+            event_id = str(txn.event_id)
+            key = (txn.tid, txn.rrn, txn.kind._value_)
+            if event_id not in rows and key not in keys:
                 keys.add(key)
-                rows[str(txn.event_id)] = self._txn_row(txn, now)
-                first.append(txn)
+                rows[event_id] = self._txn_row(txn, event_id, now)
+                first.append((event_id, txn))
         inserted = set(
             self._insert_rows(conn, transactions, list(rows.values()), returning="event_id")
         )
-        new = [txn for txn in first if str(txn.event_id) in inserted]
+        new = [txn for event_id, txn in first if event_id in inserted]
         _add(report.stored, "txn", len(new))
         _add(report.repeats, "txn", len(txns) - len(new))
         if not new:
@@ -295,15 +296,15 @@ class Store:
                     conn, self._txn_by_id(conn, self._txn_id(conn, txn)), orphan, now, report
                 )
 
-    def _txn_row(self, txn: TxnEvent, now: datetime) -> dict[str, Any]:
+    def _txn_row(self, txn: TxnEvent, event_id: str, now: datetime) -> dict[str, Any]:
         """A transaction's row, with its expectation when it is owed money."""
         outcome = initial_outcome(txn.kind, txn.approved)
-        row = _txn_row(txn, self.terms.local_date(txn.terminal_time), now)
+        row = _txn_row(txn, event_id, self.terms.local_date(txn.terminal_time), now)
         row["expected_net"] = row["deadline"] = None
         if outcome is Outcome.PENDING:
             row["expected_net"] = self.terms.for_merchant(txn.mid).expected_net(txn.amount)
             row["deadline"] = self.terms.deadline(txn.mid, txn.terminal_time)
-        row["outcome"] = outcome.value
+        row["outcome"] = outcome._value_
         return row
 
     def _txn_id(self, conn: Connection, txn: TxnEvent) -> int:
@@ -1047,32 +1048,16 @@ def _fast_converter(column_type: Any, dialect: str) -> Callable[[Any], Any] | No
     return None
 
 
-def _txn_row(txn: TxnEvent, local_date: Any, now: datetime) -> dict[str, Any]:
-    return {
-        "event_id": str(txn.event_id),
-        "agent_id": txn.agent_id,
-        "tid": txn.tid,
-        "mid": txn.mid,
-        "kind": txn.kind.value,
-        "amount": txn.amount,
-        "currency": txn.currency,
-        "pan_masked": txn.pan_masked,
-        "rc": txn.rc,
-        "approved": txn.approved,
-        "rrn": txn.rrn,
-        "stan": txn.stan,
-        "batch": txn.batch,
-        "txn_date": local_date,
-        "terminal_time": txn.terminal_time,
-        "observed_at": txn.observed_at,
-        "stored_at": now,
-        "auth_code": txn.auth_code,
-        "issuer": txn.issuer,
-        "entry_mode": txn.entry_mode.value if txn.entry_mode else None,
-        "orig_stan": txn.orig_stan,
-        "orig_rrn": txn.orig_rrn,
-        "extra": txn.extra,
-    }
+def _txn_row(txn: TxnEvent, event_id: str, local_date: Any, now: datetime) -> dict[str, Any]:
+    # The model's fields as validated (its __dict__: a tenth of the time of getattr each).
+    row = vars(txn).copy()
+    del row["schema_"]
+    row["event_id"] = event_id
+    row["kind"] = txn.kind._value_
+    entry_mode = txn.entry_mode
+    row["entry_mode"] = entry_mode._value_ if entry_mode is not None else None
+    row.update(txn_date=local_date, stored_at=now)
+    return row
 
 
 def _settlement_row(result: SettlementEvent, source: str, now: datetime) -> dict[str, Any]:
