@@ -22,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import Field, SecretStr, model_validator
@@ -72,6 +73,49 @@ class _BufferedPaho(paho.Client):
         self._read_pos = end
         return buffer[pos:end]
 
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet whole in the read-ahead buffer is taken in one step; anything else
+        (a packet begun, or not all read yet) goes paho's byte-by-byte way.
+
+        The state paho's packet handlers read (`_in_packet`) is set as paho's own
+        `_packet_read` leaves it for them, and reset and time-stamped after, as it does.
+        """
+        whole = self._whole_packet()
+        if whole is None:
+            return super()._packet_read()
+        command, start, end = whole
+        self._read_pos = end
+        self._in_packet = _in_packet(command, bytearray(memoryview(self._read_buffer)[start:end]))
+        try:
+            code = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            code = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = _in_packet(0, bytearray())
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        return code
+
+    def _whole_packet(self) -> tuple[int, int, int] | None:
+        """(packet type byte, start, end) of a packet held whole in the buffer, if one is."""
+        if self._in_packet["command"] != 0 or self._read_sock is not self._sock:
+            return None
+        buffer, pos = self._read_buffer, self._read_pos
+        size = len(buffer)
+        index, length, shift = pos + 1, 0, 0
+        while True:  # the remaining length: a variable byte integer of up to 4 bytes
+            if index >= size or shift > 21:
+                return None
+            byte = buffer[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if index + length > size:
+            return None
+        return buffer[pos], index, index + length
+
     def _handle_publish(self) -> MQTTErrorCode:
         """An incoming PUBLISH straight to `on_publish_bytes`, without paho's per-message objects.
 
@@ -116,6 +160,20 @@ class _BufferedPaho(paho.Client):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         blob = b"".join(struct.pack("!BBH", _PUBACK, 2, mid) for mid in mids)
         return self._packet_queue(_PUBACK, blob, 0, 1)
+
+
+def _in_packet(command: int, packet: bytearray) -> Any:
+    """paho's state of the packet being read, complete (as paho leaves it for its handlers)."""
+    return {
+        "command": command,
+        "have_remaining": 1 if command else 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": len(packet),
+        "packet": packet,
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 def _publish_offsets(packet: bytes | bytearray, qos: int, *, v5: bool) -> tuple[int, int] | None:

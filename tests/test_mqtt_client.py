@@ -8,6 +8,7 @@ MQTT 3.1.1 §3.3 and MQTT 5 §3.3 lay them out, some no conforming broker would 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -27,13 +28,20 @@ class Subscriber:
     """An MqttClient subscribed to `{prefix}/#`, looped on a thread, collecting messages."""
 
     def __init__(
-        self, broker: Broker, prefix: str, protocol: Protocol, *, manual_ack: bool = False
+        self,
+        broker: Broker,
+        prefix: str,
+        protocol: Protocol,
+        *,
+        manual_ack: bool = False,
+        keepalive_s: int = 30,
     ) -> None:
         self.client_id = f"sub-{uuid.uuid4().hex[:8]}"
         self.broker = broker
         self.prefix = prefix
         self.protocol = protocol
         self.manual_ack = manual_ack
+        self.keepalive_s = keepalive_s
         self.messages: list[Message] = []
         self.unacked: list[Message] = []
         self.ack_when: Callable[[Message], bool] = lambda message: False
@@ -43,7 +51,9 @@ class Subscriber:
         self.client = self._client()
 
     def _client(self) -> MqttClient:
-        settings = self.broker.settings(self.prefix, protocol=self.protocol.value)
+        settings = self.broker.settings(
+            self.prefix, protocol=self.protocol.value, keepalive_s=self.keepalive_s
+        )
         client = MqttClient(settings, self.client_id, manual_ack=self.manual_ack)
         client.on_message = self._received
         client.on_connected = lambda present: client.subscribe([f"{self.prefix}/#"])
@@ -177,6 +187,23 @@ def test_joined_acks_take_every_message_off_the_session(
         time.sleep(0.3)
         again = sorted(int(m.payload) for m in subscriber.received())
         assert again == list(range(290, 300))
+    finally:
+        subscriber.close()
+
+
+def test_keep_alive_answers_are_read_on_the_whole_packet_path(
+    broker: Broker, prefix: str, publisher: paho.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PINGRESP (two bytes, no body) is taken like any other packet: paho logs it, the
+    session stays up past the keep-alive and messages keep coming."""
+    caplog.set_level(logging.DEBUG, logger="paho")
+    subscriber = Subscriber(broker, prefix, Protocol.V311, keepalive_s=5)
+    subscriber.start()
+    try:
+        wait_until(lambda: "Received PINGRESP" in caplog.text, 8, "a PINGRESP read")
+        publish(publisher, f"{prefix}/after-ping", b"still here", qos=1)
+        wait_until(lambda: len(subscriber.received()) == 1, 5, "a message after the ping")
+        assert subscriber.client.connected
     finally:
         subscriber.close()
 
