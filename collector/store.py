@@ -142,6 +142,7 @@ class Store:
         self._converter_cache: dict[
             tuple[str, tuple[str, ...]], list[tuple[int, Callable[[Any], Any]]]
         ] = {}
+        self._statements: dict[str, Any] = {}
 
     @property
     def reads(self) -> Engine:
@@ -328,35 +329,40 @@ class Store:
         found: list[dict[str, Any]] = []
         columns = (key.tid, key.batch, key.orig_rrn, key.orig_stan, key.event_id)
         cancel = and_(key.kind.in_(_CANCEL_KINDS), key.approved.is_(True))
+
+        def by_rrn() -> Any:
+            keys = self._key_rows(("tid", "rrn"))
+            return (
+                select(*columns)
+                .join(keys, and_(key.tid == keys.c.tid, key.orig_rrn == keys.c.rrn))
+                .where(cancel)
+            )
+
+        def by_stan() -> Any:
+            keys = self._key_rows(("tid", "batch", "stan"))
+            return (
+                select(*columns)
+                .join(
+                    keys,
+                    and_(
+                        key.tid == keys.c.tid,
+                        key.batch == keys.c.batch,
+                        key.orig_stan == keys.c.stan,
+                    ),
+                )
+                .where(cancel)
+            )
+
         pairs = sorted({(txn.tid, txn.rrn) for txn in txns})
+        statement = self._statement("cancels_by_rrn", by_rrn)
         for part in _slices(pairs, _KEYS_PER_QUERY):
-            keys = self._key_rows(("tid", "rrn"), part)
-            found.extend(
-                dict(row)
-                for row in conn.execute(
-                    select(*columns)
-                    .join(keys, and_(key.tid == keys.c.tid, key.orig_rrn == keys.c.rrn))
-                    .where(cancel)
-                ).mappings()
-            )
+            rows = conn.execute(statement, self._key_params(("tid", "rrn"), part)).mappings()
+            found.extend(dict(row) for row in rows)
         triples = sorted({(txn.tid, txn.batch, txn.stan) for txn in txns})
+        statement = self._statement("cancels_by_stan", by_stan)
         for part in _slices(triples, _KEYS_PER_QUERY):
-            keys = self._key_rows(("tid", "batch", "stan"), part)
-            found.extend(
-                dict(row)
-                for row in conn.execute(
-                    select(*columns)
-                    .join(
-                        keys,
-                        and_(
-                            key.tid == keys.c.tid,
-                            key.batch == keys.c.batch,
-                            key.orig_stan == keys.c.stan,
-                        ),
-                    )
-                    .where(cancel)
-                ).mappings()
-            )
+            params = self._key_params(("tid", "batch", "stan"), part)
+            found.extend(dict(row) for row in conn.execute(statement, params).mappings())
         return [row for row in found if row["event_id"] not in new_ids]
 
     def _orphans_of(self, conn: Connection, txns: Sequence[TxnEvent]) -> list[RowMapping]:
@@ -365,16 +371,20 @@ class Store:
             return []
         key = settlements.c
         orphans: list[RowMapping] = []
+
+        def build() -> Any:
+            keys = self._key_rows(("tid",))
+            return (
+                select(settlements)
+                .join(keys, key.tid == keys.c.tid)
+                .where(key.outcome == Outcome.ORPHAN.value)
+            )
+
+        statement = self._statement("orphans", build)
         tids = sorted({(txn.tid,) for txn in txns})
         for part in _slices(tids, _KEYS_PER_QUERY):
-            keys = self._key_rows(("tid",), part)
-            orphans.extend(
-                conn.execute(
-                    select(settlements)
-                    .join(keys, key.tid == keys.c.tid)
-                    .where(key.outcome == Outcome.ORPHAN.value)
-                ).mappings()
-            )
+            params = self._key_params(("tid",), part)
+            orphans.extend(conn.execute(statement, params).mappings())
         return sorted(orphans, key=lambda row: (row["settled_at"], row["settlement_id"]))
 
     def _original_of(self, conn: Connection, void: TxnEvent) -> RowMapping | None:
@@ -513,16 +523,33 @@ class Store:
         that, with its batch and STAN and a date within the clock skew.
         """
         key = transactions.c
-        by_rrn: dict[tuple[str, str], dict[str, Any]] = {}
-        pairs = sorted({(row["tid"], row["rrn"]) for row in rows})
-        for part in _slices(pairs, _KEYS_PER_QUERY):
-            keys = self._key_rows(("tid", "rrn"), part)
-            found = conn.execute(
+
+        def by_rrn_query() -> Any:
+            keys = self._key_rows(("tid", "rrn"))
+            return (
                 select(transactions)
                 .join(keys, and_(key.tid == keys.c.tid, key.rrn == keys.c.rrn))
                 .where(key.kind.in_(_MONEY_KINDS))
                 .order_by(key.id)
-            ).mappings()
+            )
+
+        def by_stan_query() -> Any:
+            keys = self._key_rows(("tid", "batch", "stan"))
+            return (
+                select(transactions)
+                .join(
+                    keys,
+                    and_(key.tid == keys.c.tid, key.batch == keys.c.batch, key.stan == keys.c.stan),
+                )
+                .where(key.kind.in_(_MONEY_KINDS))
+                .order_by(key.id)
+            )
+
+        by_rrn: dict[tuple[str, str], dict[str, Any]] = {}
+        pairs = sorted({(row["tid"], row["rrn"]) for row in rows})
+        statement = self._statement("match_by_rrn", by_rrn_query)
+        for part in _slices(pairs, _KEYS_PER_QUERY):
+            found = conn.execute(statement, self._key_params(("tid", "rrn"), part)).mappings()
             for hit in found:
                 by_rrn.setdefault((hit["tid"], hit["rrn"]), dict(hit))
         by_stan: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -535,17 +562,10 @@ class Store:
                 and row["stan"] is not None
             }
         )
+        statement = self._statement("match_by_stan", by_stan_query)
         for part in _slices(triples, _KEYS_PER_QUERY):
-            keys = self._key_rows(("tid", "batch", "stan"), part)
-            found = conn.execute(
-                select(transactions)
-                .join(
-                    keys,
-                    and_(key.tid == keys.c.tid, key.batch == keys.c.batch, key.stan == keys.c.stan),
-                )
-                .where(key.kind.in_(_MONEY_KINDS))
-                .order_by(key.id)
-            ).mappings()
+            params = self._key_params(("tid", "batch", "stan"), part)
+            found = conn.execute(statement, params).mappings()
             for hit in found:
                 by_stan.setdefault((hit["tid"], hit["batch"], hit["stan"]), []).append(dict(hit))
         matches: dict[str, dict[str, Any]] = {}
@@ -563,20 +583,18 @@ class Store:
                 matches[row["settlement_id"]] = txn
         return matches
 
-    def _key_rows(self, names: tuple[str, ...], keys: Sequence[tuple[str, ...]]) -> Any:
-        """`keys` as a derived table with columns `names`, for a join on an index.
+    def _key_rows(self, names: tuple[str, ...]) -> Any:
+        """A derived table of keys with columns `names`, for a join on an index; the keys
+        themselves are the statement's parameters (`_key_params`).
 
         The keys travel as one parameter per column (PostgreSQL arrays) or one JSON text
-        (SQLite), so the statement stays the same whatever their number. (A row-value
-        IN list would make SQLite scan the table.)
+        (SQLite), so the statement stays the same whatever their number, and is built once
+        (`_statement`). (A row-value IN list would make SQLite scan the table.)
         """
         if self.is_postgres:
-            arrays = [
-                bindparam(f"keys_{name}", [key[i] for key in keys], type_=postgresql.ARRAY(String))
-                for i, name in enumerate(names)
-            ]
+            arrays = [bindparam(f"keys_{name}", type_=postgresql.ARRAY(String)) for name in names]
             return func.unnest(*arrays).table_valued(*names).render_derived(name="keys")
-        each = func.json_each(bindparam("keys", json.dumps(keys))).table_valued("value")
+        each = func.json_each(bindparam("keys", type_=String)).table_valued("value")
         return (
             select(
                 *(func.json_extract(each.c.value, f"$[{i}]").label(n) for i, n in enumerate(names))
@@ -584,6 +602,22 @@ class Store:
             .select_from(each)
             .subquery("keys")
         )
+
+    def _key_params(
+        self, names: tuple[str, ...], keys: Sequence[tuple[str, ...]]
+    ) -> dict[str, Any]:
+        """The parameters of `_key_rows(names)` for these keys."""
+        if self.is_postgres:
+            return {f"keys_{name}": [key[i] for key in keys] for i, name in enumerate(names)}
+        return {"keys": json.dumps(keys)}
+
+    def _statement(self, name: str, build: Callable[[], Any]) -> Any:
+        """A statement built once per store: SQLAlchemy builds, and keys for its cache, a
+        statement made anew at each call (a millisecond a batch, before any database work)."""
+        statement = self._statements.get(name)
+        if statement is None:
+            statement = self._statements[name] = build()
+        return statement
 
     def _apply(
         self,
