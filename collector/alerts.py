@@ -115,6 +115,16 @@ class Tail:
             self.gap_since = None
         return fresh
 
+    def state(self) -> tuple[int, set[int], float | None]:
+        return self.position, set(self.seen), self.gap_since
+
+    def rewind(
+        self, state: tuple[int, set[int], float | None], handled: list[dict[str, Any]]
+    ) -> None:
+        """Back to `state`, then past the rows handled since: the others are read again."""
+        self.position, self.seen, self.gap_since = state
+        self.take(handled)
+
     def _advance(self) -> None:
         while self.position + 1 in self.seen:
             self.position += 1
@@ -287,10 +297,17 @@ class AlertEngine:
     ) -> int:
         """Handle the new rows of one table; returns how many there were."""
         tail = self.tails.setdefault(name, Tail(0))
+        before = tail.state()
         fresh = tail.take(read(tail.position, limit))
-        for row in fresh:
-            self.on_fact(name, row)
-            handle(row)
+        for index, row in enumerate(fresh):
+            try:
+                self.on_fact(name, row)
+                handle(row)
+            except Exception:
+                # A write that failed (the database gone for a moment): this row and the
+                # ones after it are read again at the next turn, not passed over.
+                tail.rewind(before, fresh[:index])
+                raise
         return len(fresh)
 
     # --- settlement outcomes ------------------------------------------------------------

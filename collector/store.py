@@ -1029,14 +1029,14 @@ def _engine(url: str, *, writer: bool = True) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
-    # No ping before each use of a pooled connection (pool_pre_ping): it is a round trip
-    # on every checkout, a quarter of the time between a failed settlement and its alert
-    # under load. A connection the server has dropped fails its statement instead; the
-    # pool then replaces every connection older than that failure, and the caller's retry
-    # (the ingest's redelivery, the engine's and the watches' next turn, the API's 503)
-    # runs on a new one (tests/test_collector_ingest.py kills the connections to show it).
+    # Writes ping a pooled connection before using it (pool_pre_ping): after a restart or
+    # failover they run on a live one. Reads do not: a read the server drops fails before
+    # anything was done with it, the pool replaces every connection older than that
+    # failure, and the caller's next turn reads again (the ping was a round trip on every
+    # checkout, a quarter of the alert engine's time per alert under load).
+    # tests/test_collector_ingest.py kills the connections mid-stream to show it.
     if writer:
-        return create_engine(url)
+        return create_engine(url, pool_pre_ping=True)
     return create_engine(url, isolation_level="AUTOCOMMIT")
 
 

@@ -129,7 +129,7 @@ class _BufferedPaho(paho.Client):
         command = self._in_packet["command"]
         qos = (command & 0x06) >> 1
         packet = self._in_packet["packet"]
-        if handler is None or qos == 2:
+        if handler is None or qos >= 2:  # QoS 2, or 3 (malformed): paho's way
             return super()._handle_publish()
         offsets = _publish_offsets(packet, qos, v5=self._protocol == paho.MQTTv5)
         if offsets is None:
@@ -156,7 +156,7 @@ class _BufferedPaho(paho.Client):
         Each `ack()` would queue its 4-byte PUBACK and write it at once: a system call
         per message. The packets are the same; only the writes are joined.
         """
-        if not mids:
+        if not self._manual_ack or not mids:  # paho acks by itself without manual_ack
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         blob = b"".join(struct.pack("!BBH", _PUBACK, 2, mid) for mid in mids)
         return self._packet_queue(_PUBACK, blob, 0, 1)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import Broker, Listener, wait_until
+from sqlalchemy.exc import OperationalError
 from test_collector_ingest import MID, MID_T0, SHANGHAI, Rig, rig_on, settlement, txn
 
 from collector.alertstore import AlertStore
@@ -727,3 +728,33 @@ def test_alerts_commands_list_show_acknowledge_and_silence(tmp_path: Path) -> No
         "alerts", "silence", "--for", "1h", "--by", "x", "--reason", "y", "-c", str(config)
     )
     assert matches_all.returncode == 2 and "needs a type, bank" in matches_all.stderr
+
+
+def test_an_alert_write_that_fails_once_is_done_again_not_passed_over(
+    alert_rig: AlertRig,
+) -> None:
+    """The database refuses one alert write (as when it restarts): the engine's turn
+    fails, and the outcome it was handling, and those after it in the same read, are
+    read again at the next turn. Every failure gets its alert, each once."""
+    rig = alert_rig
+    running = rig.start()
+    engine = running.collector.alerts
+    real_fire = engine.store.fire
+    refused: list[str] = []
+
+    def fire_failing_once(candidate: Any, *args: Any, **kwargs: Any) -> Any:
+        if not refused and candidate.rrn == "402511000702":
+            refused.append(candidate.rrn)
+            raise OperationalError(
+                "INSERT INTO alerts", {}, Exception("server closed the connection")
+            )
+        return real_fire(candidate, *args, **kwargs)
+
+    engine.store.fire = fire_failing_once  # a fault no real database produces on demand
+    rrns = [f"40251100070{i}" for i in range(1, 6)]
+    rig.publish(*[txn(rrn) for rrn in rrns])
+    rig.publish(*[failed(rrn, f"S-70{i}", "AC04") for i, rrn in enumerate(rrns)])
+    wait_until(lambda: len(rig.alerts("SETTLEMENT_FAILED")) == 5, 15, "five alerts")
+    time.sleep(0.5)
+    assert refused == ["402511000702"]
+    assert sorted(a.rrn or "" for a in rig.alerts("SETTLEMENT_FAILED")) == rrns

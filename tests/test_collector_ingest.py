@@ -675,10 +675,10 @@ def test_a_nul_character_is_dead_lettered_and_the_rest_of_its_batch_stored(rig: 
 def test_connections_dropped_by_postgresql_cost_a_retry_and_lose_nothing(
     postgres_url: str, broker: Broker, prefix: str
 ) -> None:
-    """The collector does not ping a pooled connection before each use. When the server
-    drops them all (a restart, a failover, an administrator), the next statement on each
-    pool fails, the pool is replaced and the work is done again: the batch that failed is
-    redelivered, and every transaction is stored once, its overdue reported once."""
+    """Reads do not ping a pooled connection before use (writes do). When the server drops
+    every connection (a restart, a failover, an administrator), a read fails, its pool is
+    replaced and the read is done again at the next turn; the writes find live connections:
+    every transaction is stored once and its overdue reported once."""
     total = 600
     with rig_on(postgres_url, broker, prefix) as rig:
         running = rig.start(rig.config("dropped", ingest={"batch_size": 20}))
