@@ -69,7 +69,7 @@ class Collector:
             config.notify, config.mqtt, f"posmon-collector-{self.id}-alerts", self.topics
         )
         self.alert_store = AlertStore(
-            self.store.engine,
+            self.store.derived,
             self.id,
             [channel.name for channel in channels],
             reads=self.store.reads,
@@ -85,7 +85,7 @@ class Collector:
             self.id,
             silent_after_s=config.alerts.heartbeat_timeout_s,
         )
-        self.cases = CaseStore(self.store.engine, reads=self.store.reads)
+        self.cases = CaseStore(self.store.derived, reads=self.store.reads)
         self.alerts = AlertEngine(
             config,
             self.alert_store,
