@@ -101,18 +101,11 @@ class _BufferedPaho(paho.Client):
         if self._in_packet["command"] != 0 or self._read_sock is not self._sock:
             return None
         buffer, pos = self._read_buffer, self._read_pos
-        size = len(buffer)
-        index, length, shift = pos + 1, 0, 0
-        while True:  # the remaining length: a variable byte integer of up to 4 bytes
-            if index >= size or shift > 21:
-                return None
-            byte = buffer[index]
-            index += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        if index + length > size:
+        remaining = _variable_int(buffer, pos + 1)  # the fixed header's remaining length
+        if remaining is None:
+            return None
+        length, index = remaining
+        if index + length > len(buffer):
             return None
         return buffer[pos], index, index + length
 
@@ -176,6 +169,21 @@ def _in_packet(command: int, packet: bytearray) -> Any:
     }
 
 
+def _variable_int(data: bytes | bytearray, index: int) -> tuple[int, int] | None:
+    """An MQTT variable byte integer (1 to 4 bytes, MQTT 5 §1.5.5) at `index`: its value and
+    the index after it; None when `data` ends first or it runs past 4 bytes."""
+    value = shift = 0
+    while True:
+        if index >= len(data) or shift > 21:
+            return None
+        byte = data[index]
+        index += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, index
+
+
 def _publish_offsets(packet: bytes | bytearray, qos: int, *, v5: bool) -> tuple[int, int] | None:
     """Where a PUBLISH's topic ends and its payload starts; None when its lengths do not fit.
 
@@ -190,16 +198,10 @@ def _publish_offsets(packet: bytes | bytearray, qos: int, *, v5: bool) -> tuple[
     if topic_end == 2 or start > size:  # an empty topic: MQTT 5's topic alias, paho's way
         return None
     if v5:
-        length = shift = 0
-        while True:
-            if start >= size or shift > 21:
-                return None
-            byte = packet[start]
-            start += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        properties = _variable_int(packet, start)  # their length, then the properties
+        if properties is None:
+            return None
+        length, start = properties
         start += length
         if start > size:
             return None
