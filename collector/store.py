@@ -339,40 +339,43 @@ class Store:
         found: list[dict[str, Any]] = []
         columns = (key.tid, key.batch, key.orig_rrn, key.orig_stan, key.event_id)
         cancel = and_(key.kind.in_(_CANCEL_KINDS), key.approved.is_(True))
-
-        def by_rrn() -> Any:
-            keys = self._key_rows(("tid", "rrn"))
-            return (
-                select(*columns)
-                .join(keys, and_(key.tid == keys.c.tid, key.orig_rrn == keys.c.rrn))
-                .where(cancel)
-            )
-
-        def by_stan() -> Any:
-            keys = self._key_rows(("tid", "batch", "stan"))
-            return (
-                select(*columns)
-                .join(
-                    keys,
-                    and_(
-                        key.tid == keys.c.tid,
-                        key.batch == keys.c.batch,
-                        key.orig_stan == keys.c.stan,
-                    ),
-                )
-                .where(cancel)
-            )
-
         pairs = sorted({(txn.tid, txn.rrn) for txn in txns})
-        statement = self._statement("cancels_by_rrn", by_rrn)
-        for part in _slices(pairs, _KEYS_PER_QUERY):
-            rows = conn.execute(statement, self._key_params(("tid", "rrn"), part)).mappings()
-            found.extend(dict(row) for row in rows)
+        found.extend(
+            dict(row)
+            for row in self._keyed(
+                conn,
+                "cancels_by_rrn",
+                ("tid", "rrn"),
+                pairs,
+                lambda keys: (
+                    select(*columns)
+                    .join(keys, and_(key.tid == keys.c.tid, key.orig_rrn == keys.c.rrn))
+                    .where(cancel)
+                ),
+            )
+        )
         triples = sorted({(txn.tid, txn.batch, txn.stan) for txn in txns})
-        statement = self._statement("cancels_by_stan", by_stan)
-        for part in _slices(triples, _KEYS_PER_QUERY):
-            params = self._key_params(("tid", "batch", "stan"), part)
-            found.extend(dict(row) for row in conn.execute(statement, params).mappings())
+        found.extend(
+            dict(row)
+            for row in self._keyed(
+                conn,
+                "cancels_by_stan",
+                ("tid", "batch", "stan"),
+                triples,
+                lambda keys: (
+                    select(*columns)
+                    .join(
+                        keys,
+                        and_(
+                            key.tid == keys.c.tid,
+                            key.batch == keys.c.batch,
+                            key.orig_stan == keys.c.stan,
+                        ),
+                    )
+                    .where(cancel)
+                ),
+            )
+        )
         return [row for row in found if row["event_id"] not in new_ids]
 
     def _orphans_of(self, conn: Connection, txns: Sequence[TxnEvent]) -> list[RowMapping]:
@@ -380,21 +383,17 @@ class Store:
         if not txns:
             return []
         key = settlements.c
-        orphans: list[RowMapping] = []
-
-        def build() -> Any:
-            keys = self._key_rows(("tid",))
-            return (
+        orphans = self._keyed(
+            conn,
+            "orphans",
+            ("tid",),
+            sorted({(txn.tid,) for txn in txns}),
+            lambda keys: (
                 select(settlements)
                 .join(keys, key.tid == keys.c.tid)
                 .where(key.outcome == Outcome.ORPHAN.value)
-            )
-
-        statement = self._statement("orphans", build)
-        tids = sorted({(txn.tid,) for txn in txns})
-        for part in _slices(tids, _KEYS_PER_QUERY):
-            params = self._key_params(("tid",), part)
-            orphans.extend(conn.execute(statement, params).mappings())
+            ),
+        )
         return sorted(orphans, key=lambda row: (row["settled_at"], row["settlement_id"]))
 
     def _original_of(self, conn: Connection, void: TxnEvent) -> RowMapping | None:
@@ -534,34 +533,22 @@ class Store:
         """
         key = transactions.c
 
-        def by_rrn_query() -> Any:
-            keys = self._key_rows(("tid", "rrn"))
-            return (
-                select(transactions)
-                .join(keys, and_(key.tid == keys.c.tid, key.rrn == keys.c.rrn))
-                .where(key.kind.in_(_MONEY_KINDS))
-                .order_by(key.id)
-            )
-
-        def by_stan_query() -> Any:
-            keys = self._key_rows(("tid", "batch", "stan"))
-            return (
-                select(transactions)
-                .join(
-                    keys,
-                    and_(key.tid == keys.c.tid, key.batch == keys.c.batch, key.stan == keys.c.stan),
-                )
-                .where(key.kind.in_(_MONEY_KINDS))
-                .order_by(key.id)
-            )
-
         by_rrn: dict[tuple[str, str], dict[str, Any]] = {}
         pairs = sorted({(row["tid"], row["rrn"]) for row in rows})
-        statement = self._statement("match_by_rrn", by_rrn_query)
-        for part in _slices(pairs, _KEYS_PER_QUERY):
-            found = conn.execute(statement, self._key_params(("tid", "rrn"), part)).mappings()
-            for hit in found:
-                by_rrn.setdefault((hit["tid"], hit["rrn"]), dict(hit))
+        money = key.kind.in_(_MONEY_KINDS)
+        for hit in self._keyed(
+            conn,
+            "match_by_rrn",
+            ("tid", "rrn"),
+            pairs,
+            lambda keys: (
+                select(transactions)
+                .join(keys, and_(key.tid == keys.c.tid, key.rrn == keys.c.rrn))
+                .where(money)
+                .order_by(key.id)
+            ),
+        ):
+            by_rrn.setdefault((hit["tid"], hit["rrn"]), dict(hit))
         by_stan: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         triples = sorted(
             {
@@ -572,12 +559,22 @@ class Store:
                 and row["stan"] is not None
             }
         )
-        statement = self._statement("match_by_stan", by_stan_query)
-        for part in _slices(triples, _KEYS_PER_QUERY):
-            params = self._key_params(("tid", "batch", "stan"), part)
-            found = conn.execute(statement, params).mappings()
-            for hit in found:
-                by_stan.setdefault((hit["tid"], hit["batch"], hit["stan"]), []).append(dict(hit))
+        for hit in self._keyed(
+            conn,
+            "match_by_stan",
+            ("tid", "batch", "stan"),
+            triples,
+            lambda keys: (
+                select(transactions)
+                .join(
+                    keys,
+                    and_(key.tid == keys.c.tid, key.batch == keys.c.batch, key.stan == keys.c.stan),
+                )
+                .where(money)
+                .order_by(key.id)
+            ),
+        ):
+            by_stan.setdefault((hit["tid"], hit["batch"], hit["stan"]), []).append(dict(hit))
         matches: dict[str, dict[str, Any]] = {}
         if not by_rrn and not by_stan:
             return matches  # all orphans, as in a file imported before its transactions
@@ -593,14 +590,37 @@ class Store:
                 matches[row["settlement_id"]] = txn
         return matches
 
-    def _key_rows(self, names: tuple[str, ...]) -> Any:
-        """A derived table of keys with columns `names`, for a join on an index; the keys
-        themselves are the statement's parameters (`_key_params`).
+    def _keyed(
+        self,
+        conn: Connection,
+        name: str,
+        names: tuple[str, ...],
+        keys: Sequence[tuple[str, ...]],
+        query: Callable[[Any], Any],
+    ) -> list[RowMapping]:
+        """The rows of `query(keys table)` for these keys, `_KEYS_PER_QUERY` at a time.
 
-        The keys travel as one parameter per column (PostgreSQL arrays) or one JSON text
-        (SQLite), so the statement stays the same whatever their number, and is built once
-        (`_statement`). (A row-value IN list would make SQLite scan the table.)
+        The keys table has columns `names` and is joined on an index. The keys travel as
+        one parameter per column (PostgreSQL arrays) or one JSON text (SQLite), so the
+        statement stays the same whatever their number and is built once per store under
+        `name` (SQLAlchemy's building and cache key cost a millisecond a batch otherwise).
+        (A row-value IN list would make SQLite scan the table.)
         """
+        statement = self._statements.get(name)
+        if statement is None:
+            statement = self._statements[name] = query(self._key_rows(names))
+        found: list[RowMapping] = []
+        for part in _slices(keys, _KEYS_PER_QUERY):
+            params: dict[str, Any] = (
+                {f"keys_{n}": [key[i] for key in part] for i, n in enumerate(names)}
+                if self.is_postgres
+                else {"keys": json.dumps(part)}
+            )
+            found.extend(conn.execute(statement, params).mappings())
+        return found
+
+    def _key_rows(self, names: tuple[str, ...]) -> Any:
+        """The keys table of `_keyed`: its parameters named after `names`."""
         if self.is_postgres:
             arrays = [bindparam(f"keys_{name}", type_=postgresql.ARRAY(String)) for name in names]
             return func.unnest(*arrays).table_valued(*names).render_derived(name="keys")
@@ -612,22 +632,6 @@ class Store:
             .select_from(each)
             .subquery("keys")
         )
-
-    def _key_params(
-        self, names: tuple[str, ...], keys: Sequence[tuple[str, ...]]
-    ) -> dict[str, Any]:
-        """The parameters of `_key_rows(names)` for these keys."""
-        if self.is_postgres:
-            return {f"keys_{name}": [key[i] for key in keys] for i, name in enumerate(names)}
-        return {"keys": json.dumps(keys)}
-
-    def _statement(self, name: str, build: Callable[[], Any]) -> Any:
-        """A statement built once per store: SQLAlchemy builds, and keys for its cache, a
-        statement made anew at each call (a millisecond a batch, before any database work)."""
-        statement = self._statements.get(name)
-        if statement is None:
-            statement = self._statements[name] = build()
-        return statement
 
     def _apply(
         self,
