@@ -256,13 +256,10 @@ class AlertEngine:
             ("batches", self.store.batch_rows, self._batch),
             ("transactions", self.store.txn_rows, self._txn),
         )
-        moved = self._read("outcome_log", self.store.outcome_rows, self._outcome)
+        self._read("outcome_log", self.store.outcome_rows, self._outcome)
         for name, read, handle in readers:
-            moved = self._outcomes_if_woken() or moved
-            progress = self._read(name, read, handle, BACKGROUND_BATCH)
-            full = full or progress == BACKGROUND_BATCH
-            moved = moved or bool(progress)
-        self._unsaved = self._unsaved or bool(moved)
+            self._outcomes_if_woken()
+            full = self._read(name, read, handle, BACKGROUND_BATCH) == BACKGROUND_BATCH or full
         if self._unsaved and time.monotonic() >= self._next_save:
             self.save_positions()
         return full
@@ -279,14 +276,11 @@ class AlertEngine:
         self._unsaved = False
         self._next_save = time.monotonic() + SAVE_EVERY_S
 
-    def _outcomes_if_woken(self) -> bool:
+    def _outcomes_if_woken(self) -> None:
         """Settlement outcomes stored since the last look, when the ingest has said so."""
-        if not self.wake.is_set():
-            return False
-        self.wake.clear()
-        moved = bool(self._read("outcome_log", self.store.outcome_rows, self._outcome))
-        self._unsaved = self._unsaved or moved
-        return moved
+        if self.wake.is_set():
+            self.wake.clear()
+            self._read("outcome_log", self.store.outcome_rows, self._outcome)
 
     def _read(
         self,
@@ -299,6 +293,7 @@ class AlertEngine:
         tail = self.tails.setdefault(name, Tail(0))
         before = tail.state()
         fresh = tail.take(read(tail.position, limit))
+        self._unsaved = self._unsaved or bool(fresh)
         for index, row in enumerate(fresh):
             try:
                 self.on_fact(name, row)
