@@ -78,6 +78,7 @@ FAILURE_LEAD_S = 1.0  # a failure's transaction is published this long before it
 PROBE_TERMINALS = 20
 LOAD_TERMINALS = 500
 LOAD_INFLIGHT = 100
+SLOWEST = 6  # the slowest alerts under load, listed with their parts
 LOAD_WARMUP_S = 3.0
 WARMUP_FAILURES = 5
 TARGET_FAILED_P99_MS = 100.0
@@ -719,6 +720,7 @@ def report(phases: list[Phase], load_rate: float) -> None:
         "(overdue); store + engine: to the alert's started_at; notify: to the alert "
         "received here."
     )
+    slowest(phases)
     for phase in phases:
         if phase.load_result is not None:
             result = phase.load_result
@@ -728,6 +730,24 @@ def report(phases: list[Phase], load_rate: float) -> None:
                 f"{result['seconds']:.1f} s; at most {result['behind']:,.0f} behind schedule)"
             )
     print("targets met" if met else "targets NOT met")
+
+
+def slowest(phases: list[Phase]) -> None:
+    """The slowest failed-settlement alerts under load: when they were, where they went."""
+    rows = []
+    for phase in phases:
+        if phase.load_result is None:
+            continue
+        failed = [p for p in phase.probes if p.kind == "failed" and p.latency_ms is not None]
+        for probe in sorted(failed, key=lambda p: -(p.latency_ms or 0))[:SLOWEST]:
+            parts = [ms(part) for part in probe.parts] if probe.parts else ["-"] * 3
+            rows.append([phase.database, f"{probe.at:.2f}", ms(probe.latency_ms or 0), *parts])
+    print(f"\nthe {SLOWEST} slowest failed-settlement alerts under load, ms")
+    print(table(["database", "at s", "total", "queued", "store + engine", "notify"], rows))
+    print(
+        "at: when in the phase the settlement was published. Slow alerts close together "
+        "share one stall; spread out, each was slow on its own."
+    )
 
 
 # --- main ---------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """MQTT ingest: receive, validate, store in batches, and only then acknowledge.
 
-The client runs with manual acknowledgement: a message is acked after the database
-transaction holding it has committed, so a collector killed at any moment loses nothing:
+The client runs with manual acknowledgement: a message is acked once the database
+transaction holding it is on disk, so a collector killed at any moment loses nothing:
 the broker redelivers what was not acked, and the store drops the repeats by event id.
 
 Batches are stored by one worker thread while this thread goes on receiving the next:
 the database's own work (SQLite's B-trees and WAL, PostgreSQL's round trips) runs without
 the GIL, so it overlaps with MQTT and validation instead of adding to them. One batch is
-stored at a time, in the order received; its acks, dead-letter publishes and outcome
-changes happen here, after its commit.
+stored at a time, in the order received, and the alert engine is woken at its commit.
+On PostgreSQL that commit does not wait for the disk: a second worker waits for it
+(`Store.sync()`, one wait for every batch committed meanwhile), and only then are the
+batches acked, in order, and their dead letters published. A flush that takes the disk
+half a second delays those acks, not the next batch nor the alerts.
 A payload that is not a valid contract message for its topic is dead-lettered (stored,
 published on the dead-letter topic, counted) and acked: it would never become valid.
 """
@@ -90,6 +93,14 @@ class _Batch:
     stored: Future[IngestReport]
 
 
+@dataclass(slots=True)
+class _Sync:
+    """Committed batches waiting for one `Store.sync()` before they are acked."""
+
+    batches: list[tuple[_Batch, IngestReport]]
+    done: Future[None]
+
+
 class Ingestor:
     """One MQTT session feeding the store; runs in the thread that calls `run()`."""
 
@@ -118,6 +129,11 @@ class Ingestor:
         self._settlements = topics.settlements
         self._storing: _Batch | None = None
         self._worker: ThreadPoolExecutor | None = None
+        # Committed, not yet known to be on disk (PostgreSQL): waiting for the next sync,
+        # and the sync under way.
+        self._unsynced: list[tuple[_Batch, IngestReport]] = []
+        self._syncing: _Sync | None = None
+        self._syncer: ThreadPoolExecutor | None = None
         client.on_message = self._received
         client.on_connected = self._connected
 
@@ -131,21 +147,31 @@ class Ingestor:
                     # One bad turn must not end ingest: what was not acked comes again.
                     logger.exception("ingest: unexpected error; carrying on")
                     stop.wait(LOOP_TIMEOUT_S * 10)
-                if not self.client.connected and not self._pending and self._storing is None:
+                if not self.client.connected and not self._pending and not self._busy:
                     stop.wait(LOOP_TIMEOUT_S * 5)
             self.flush()
         finally:
-            if self._worker is not None:
-                self._worker.shutdown(wait=True)
-                self._worker = None
+            for worker in (self._worker, self._syncer):
+                if worker is not None:
+                    worker.shutdown(wait=True)
+            self._worker = self._syncer = None
         self.client.disconnect()
 
+    @property
+    def _busy(self) -> bool:
+        return self._storing is not None or self._syncing is not None
+
     def step(self) -> None:
-        """One turn: connect if due, network I/O, finish a stored batch, hand on the next."""
+        """One turn: connect if due, network I/O, take a commit and a sync that are done,
+        hand on the next batch and the next sync."""
         self.client.connect_when_due()
-        self.client.loop(LOOP_TIMEOUT_S if self._storing is None else STORING_LOOP_TIMEOUT_S)
+        self.client.loop(STORING_LOOP_TIMEOUT_S if self._busy else LOOP_TIMEOUT_S)
         if self._storing is not None and self._storing.stored.done():
-            self._finish(self._storing)
+            self._committed(self._storing)
+        if self._syncing is not None and self._syncing.done.done():
+            self._synced(self._syncing)
+        if self._syncing is None and self._unsynced:
+            self._syncing = self._sync()
         if (
             self._storing is None
             and self._pending
@@ -161,9 +187,13 @@ class Ingestor:
         """Store what is pending and wait for it: acked (or, failing, left unacked) on return."""
         report = None
         if self._storing is not None:
-            report = self._finish(self._storing)
+            report = self._committed(self._storing)
         if self._pending:
-            report = self._finish(self._submit())
+            report = self._committed(self._submit())
+        if self._syncing is not None:
+            self._synced(self._syncing)
+        if self._unsynced:
+            self._synced(self._sync())
         return report
 
     def _submit(self) -> _Batch:
@@ -181,23 +211,62 @@ class Ingestor:
             valid.append(parsed)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
-        stored = self._worker.submit(self.store.ingest, valid, "mqtt")
+        stored = self._worker.submit(self.store.ingest, valid, "mqtt", durable=False)
         return _Batch(batch, valid, letters, stored)
 
-    def _finish(self, batch: _Batch) -> IngestReport | None:
-        """Wait for a batch's commit, then ack it, publish its dead letters, report it."""
+    def _committed(self, batch: _Batch) -> IngestReport | None:
+        """Wait for a batch's commit and report its changes; ack it now if it is on disk."""
         self._storing = None
         try:
             report = batch.stored.result()
         except Exception:
-            # Nothing is acked: the broker redelivers the batch after a reconnect, and what
-            # came after it too (received, not yet stored: dropped here, as never acked).
             logger.exception(
                 "could not store a batch of %d messages; reconnecting", len(batch.messages)
             )
-            self._pending = []
-            self.client.disconnect()
+            self._drop_unacked()
             return None
+        if report.changes:
+            self.on_changes(report.changes)
+        if self.store.sync_needed:
+            self._unsynced.append((batch, report))
+        else:
+            self._ack(batch, report)
+        return report
+
+    def _sync(self) -> _Sync:
+        """Hand the committed batches to the syncer: on disk when its `done` is."""
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-sync")
+        batches, self._unsynced = self._unsynced, []
+        return _Sync(batches, self._syncer.submit(self.store.sync))
+
+    def _synced(self, sync: _Sync) -> None:
+        """Wait for a sync, then ack its batches in the order they were stored."""
+        self._syncing = None
+        try:
+            sync.done.result()
+        except Exception:
+            logger.exception(
+                "could not make sure %d stored batches are on disk; reconnecting",
+                len(sync.batches),
+            )
+            self._drop_unacked()
+            return
+        for batch, report in sync.batches:
+            self._ack(batch, report)
+
+    def _drop_unacked(self) -> None:
+        """Reconnect, acking nothing more: the broker redelivers every message not acked,
+        those received and not yet stored included (dropped here, as never acked), and
+        the store drops the repeats of what was stored after all."""
+        self._pending = []
+        self._unsynced = []
+        if self._syncing is not None:
+            self._syncing.batches.clear()  # its acks would name the old session's packets
+        self.client.disconnect()
+
+    def _ack(self, batch: _Batch, report: IngestReport) -> None:
+        """A batch on disk: ack it, publish its dead letters, count it."""
         self.client.ack_all(batch.messages)
         for letter in batch.letters:
             self.client.publish(self.topics.deadletter, letter.to_json())
@@ -207,9 +276,6 @@ class Ingestor:
         ]
         if observed:
             self.last_lag_s = (datetime.now(UTC) - max(observed)).total_seconds()
-        if report.changes:
-            self.on_changes(report.changes)
-        return report
 
     def _parse(self, message: Message) -> WireMessage:
         expected = _model_for(message.topic, self.topics)

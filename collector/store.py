@@ -3,8 +3,9 @@
 Everything that enters the collector, by whichever door, goes through `Store.ingest()`:
 one database transaction per batch, in which messages are stored (repeats dropped by
 event id and by business key), transactions get their expectation, settlements are
-matched and judged, and outcome changes are logged. Only after the commit does the caller
-acknowledge the messages.
+matched and judged, and outcome changes are logged. Only once the commit is on disk does
+the caller acknowledge the messages: at once by default, or, with `durable=False`, after a
+later `sync()` (the MQTT ingest: what it derives need not wait for the disk, its acks do).
 
 SQLite (WAL) is the embedded default for one collector. On PostgreSQL several collectors
 share the database: per-terminal advisory locks serialise the matching of a terminal's
@@ -139,12 +140,14 @@ class Store:
         self._reads = _engine(url, writer=False)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         # What the collector derives from stored facts (alerts, cases, notification marks,
-        # the alert engine's cursors): on PostgreSQL committed without waiting for the WAL
-        # to reach the disk. A commit there waited up to 850 ms at times on this project's
-        # CI machine (the disk's flush), and an alert waited with it. Nothing acknowledged
-        # to anyone rides on these commits, and the WAL is written in order: a crash loses
-        # at most the last fraction of a second of them, never one without the cursors
-        # saved after it, and the engine derives those alerts again from the durable facts.
+        # the alert engine's cursors), and the MQTT ingest's batches until their `sync()`:
+        # on PostgreSQL committed without waiting for the WAL to reach the disk. A commit
+        # there waited up to 850 ms at times on this project's CI machine (the disk's
+        # flush), and an alert waited with it. Nothing acknowledged to anyone rides on
+        # these commits, and the WAL is written in order: a crash loses at most the last
+        # fraction of a second of them, never one without the cursors saved after it, and
+        # the engine derives those alerts again from the durable facts (the broker sends
+        # the unacknowledged messages again).
         # SQLite in WAL mode with synchronous=NORMAL does not flush at each commit anyway.
         self.derived = _engine(url, durable=False) if self.is_postgres else self.engine
         self._insert_sqls: dict[tuple[str, tuple[str, ...], int, str | None], str] = {}
@@ -178,8 +181,14 @@ class Store:
 
     # --- the one way in -----------------------------------------------------------------
 
-    def ingest(self, messages: Sequence[WireMessage], source: str = "mqtt") -> IngestReport:
+    def ingest(
+        self, messages: Sequence[WireMessage], source: str = "mqtt", *, durable: bool = True
+    ) -> IngestReport:
         """Store a batch of validated messages in one database transaction.
+
+        With `durable=False`, on PostgreSQL the commit returns before its WAL is on disk:
+        the batch is visible to the alert engine at once, and it is on disk once a later
+        `sync()` has returned. Nothing may be acknowledged in between.
 
         Transactions and settlement results take effect in order: consecutive ones of one
         kind are stored together (`_transactions`, `_settlements`), with the same result as
@@ -197,7 +206,7 @@ class Store:
                 ordered.append(message)
             else:
                 events.setdefault(type(message), []).append(message)
-        with self.engine.begin() as conn:
+        with (self.engine if durable else self.derived).begin() as conn:
             if self.is_postgres:
                 self._lock_terminals(conn, ordered)
             for _, group in itertools.groupby(ordered, key=type):
@@ -217,6 +226,23 @@ class Store:
                 else:
                     self._events(conn, run, report)
         return report
+
+    @property
+    def sync_needed(self) -> bool:
+        """True when a commit of `ingest(durable=False)` may not be on disk at its return."""
+        return self.is_postgres
+
+    def sync(self) -> None:
+        """Return once every commit made before the call is on disk.
+
+        PostgreSQL writes its WAL in order, and a transaction that holds a transaction id
+        commits synchronously (the server's `synchronous_commit`) by flushing the WAL up to
+        its own commit record: past every commit before it, asynchronous ones included.
+        SQLite: there is nothing to wait for (WAL with synchronous=NORMAL, as ever).
+        """
+        if self.is_postgres:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql("SELECT txid_current()")
 
     def _events(self, conn: Connection, run: Sequence[WireMessage], report: IngestReport) -> None:
         """Store consecutive status, batch or dead-letter events; repeats (event id) dropped."""

@@ -709,3 +709,56 @@ def test_connections_dropped_by_postgresql_cost_a_retry_and_lose_nothing(
         assert stored_txns(rig.reader) == total + 1
         assert len(overdue_log(rig.reader)) == 1
         assert running.collector.ingestor.client.connected
+
+
+def test_an_alert_does_not_wait_for_the_disk_and_nothing_is_acked_before_it(
+    postgres_url: str, broker: Broker, prefix: str, listener_factory: Any
+) -> None:
+    """On PostgreSQL a batch commits without waiting for its WAL to reach the disk, and
+    `Store.sync()` waits for that before the batch is acked. The test holds the sync back
+    (standing in for a disk whose flush takes long): the failed settlement's alert is out
+    meanwhile, and later batches are stored meanwhile, but nothing is acked. When the
+    sync then fails, the collector reconnects, the broker sends every one of those messages
+    again, and none is stored twice nor alerted twice."""
+    listener = listener_factory(broker, prefix)
+    with rig_on(postgres_url, broker, prefix) as rig:
+        running = rig.start(rig.config("sync"))
+        rig.wait_subscribed()
+        store = running.collector.store
+        sync = store.sync
+        held, release, failing = threading.Event(), threading.Event(), threading.Event()
+
+        def held_sync() -> None:
+            held.set()
+            assert release.wait(30), "the test never released the sync"
+            if failing.is_set():
+                failing.clear()
+                raise ConnectionError("the disk flush failed")
+            sync()
+
+        store.sync = held_sync  # type: ignore[method-assign]
+        acked = running.counters.get("received", 0)
+        sale = txn("402511007701")
+        rig.publisher.all([sale])
+        wait_until(held.is_set, 10, "the sale's batch to wait for its sync")
+        rig.publisher.all([settlement(sale.rrn, "S-7701", status=SettlementStatus.FAILED)])
+
+        def alerts() -> list[dict[str, Any]]:
+            return [
+                payload
+                for payload in (json.loads(m.payload) for m in listener.on("SETTLEMENT_FAILED"))
+                if payload["rrn"] == sale.rrn
+            ]
+
+        wait_until(lambda: len(alerts()) == 1, 10, "the alert while the sync is held")
+        assert outcomes(rig.reader)[sale.rrn] == Outcome.FAILED.value
+        assert running.counters.get("received", 0) == acked  # nothing acked
+
+        failing.set()
+        release.set()
+        wait_until(lambda: running.counters.get("repeats.settlement", 0) == 1, 20, "the redelivery")
+        assert running.counters.get("repeats.txn", 0) == 1
+        assert running.counters["received"] >= acked + 2
+        assert stored_txns(rig.reader) == 1
+        time.sleep(0.5)  # the engine has seen the repeats by now: no second alert
+        assert len(alerts()) == 1
