@@ -60,7 +60,8 @@ BANK_CAUSES = frozenset({Cause.BANK_SYSTEM.value})
 GAP_WAIT_S = 10.0
 TAIL_BATCH = 500
 # Status, batch and transaction rows are read in smaller batches: a failed settlement
-# woken in meanwhile waits for at most one of them (a few milliseconds), not for 500.
+# woken in meanwhile waits for the read of at most 100 of them (between two rows handled,
+# the engine looks at settlement outcomes first).
 BACKGROUND_BATCH = 100
 SAVE_EVERY_S = 1.0
 
@@ -294,8 +295,11 @@ class AlertEngine:
         before = tail.state()
         fresh = tail.take(read(tail.position, limit))
         self._unsaved = self._unsaved or bool(fresh)
+        background = name != "outcome_log"
         for index, row in enumerate(fresh):
             try:
+                if background:
+                    self._outcomes_if_woken()  # a failure's alert waits for no status row
                 self.on_fact(name, row)
                 handle(row)
             except Exception:

@@ -118,7 +118,7 @@ class Ingestor:
         self.client = client
         self.topics = topics
         self.settings = settings
-        self.on_changes = on_changes
+        self.on_changes = on_changes  # called on the store's worker thread, at the commit
         self.source = source
         self.filters = list(subscriptions(topics, settings.shared_group))
         self.counters: Counter[str] = Counter()
@@ -211,11 +211,19 @@ class Ingestor:
             valid.append(parsed)
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
-        stored = self._worker.submit(self.store.ingest, valid, "mqtt", durable=False)
+        stored = self._worker.submit(self._store, valid)
         return _Batch(batch, valid, letters, stored)
 
+    def _store(self, valid: list[WireMessage]) -> IngestReport:
+        """On the worker: store a batch; its outcome changes are reported at the commit
+        from here, not when this thread next looks (the alert engine wakes a turn sooner)."""
+        report = self.store.ingest(valid, "mqtt", durable=False)
+        if report.changes:
+            self.on_changes(report.changes)
+        return report
+
     def _committed(self, batch: _Batch) -> IngestReport | None:
-        """Wait for a batch's commit and report its changes; ack it now if it is on disk."""
+        """Wait for a batch's commit; ack it now if it is on disk, or after the next sync."""
         self._storing = None
         try:
             report = batch.stored.result()
@@ -225,8 +233,6 @@ class Ingestor:
             )
             self._drop_unacked()
             return None
-        if report.changes:
-            self.on_changes(report.changes)
         if self.store.sync_needed:
             self._unsynced.append((batch, report))
         else:
