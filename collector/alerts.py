@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.alertstore import AlertStore, Silence, new_alert_id
+from collector.alertstore import AlertStore, Evidence, Silence, new_alert_id
 from collector.cases import (
     CaseError,
     CaseState,
@@ -541,15 +541,19 @@ class AlertEngine:
         self, alert_type: AlertType, outcome: Outcome, row: dict[str, Any], now: datetime
     ) -> tuple[Candidate, dict[str, Any] | None]:
         """The alert for a settlement outcome, and the transaction it is about (if any)."""
-        txn = self.store.transaction_by_id(row["transaction_id"]) if row["transaction_id"] else None
-        settlement = (
-            self.store.settlement_by_id(row["settlement_id"]) if row["settlement_id"] else None
+        evidence = self.store.evidence(
+            row,
+            window=timedelta(seconds=self.settings.context_window_s),
+            bank_types=_types(BANK_FAILURES),
+            bank_causes=sorted(BANK_CAUSES),
+            since=now - timedelta(minutes=self.settings.bank_outage_window_min),
         )
+        txn, settlement = evidence.txn, evidence.settlement
         tid = (txn or settlement or {}).get("tid") or row["tid"]
         rrn = (txn or settlement or {}).get("rrn") or row["rrn"]
         mid = (txn or settlement or {}).get("mid")
         bank_code = settlement["bank_code"] if settlement else None
-        facts = self._facts(outcome, txn, settlement, bank_code, now)
+        facts = self._facts(outcome, evidence, bank_code, now)
         result = classify(facts, self.settings.reason_codes)
         currency = (txn or settlement or {}).get("currency")
         amount = self._at_risk(outcome, txn, settlement)
@@ -596,38 +600,24 @@ class AlertEngine:
         return candidate, txn
 
     def _facts(
-        self,
-        outcome: Outcome,
-        txn: dict[str, Any] | None,
-        settlement: dict[str, Any] | None,
-        bank_code: str | None,
-        now: datetime,
+        self, outcome: Outcome, evidence: Evidence, bank_code: str | None, now: datetime
     ) -> Facts:
+        txn, settlement = evidence.txn, evidence.settlement
         mid = (txn or settlement or {}).get("mid")
         rule = self.merchants.get(mid) if mid else None
-        terminal = None
-        batch_closed: bool | None = None
-        batch_result = None
-        if txn is not None:
-            window = timedelta(seconds=self.settings.context_window_s)
-            terminal = self.store.terminal_context(txn["tid"], txn["observed_at"], window)
-            batch = self.store.batch(txn["tid"], txn["batch"])
-            batch_closed = batch is not None
-            batch_result = batch["result"] if batch else None
         failures = 0
         maintenance = None
         if bank_code:
-            since = now - timedelta(minutes=self.settings.bank_outage_window_min)
-            failures = len(self._bank_failures(bank_code, since)) + 1
+            failures = evidence.bank_failures + 1
             maintenance = self._maintenance_for(bank_code, now)
         return Facts(
             outcome=outcome,
             reason_code=settlement["reason_code"] if settlement else None,
             rc=txn["rc"] if txn else None,
             merchant_status=rule.status if rule else "active",
-            terminal=terminal,
-            batch_closed=batch_closed,
-            batch_result=batch_result,
+            terminal=evidence.terminal,
+            batch_closed=evidence.batch_closed,
+            batch_result=evidence.batch_result,
             bank_code=bank_code,
             bank_failures=failures,
             bank_outage_threshold=self.settings.bank_outage_failures,

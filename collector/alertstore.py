@@ -15,12 +15,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, exists, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from collector.classify import TerminalContext
 from collector.rules import Candidate
 from collector.schema import (
+    UtcDateTime,
     aggregate_time,
     alert_cursors,
     alert_history,
@@ -78,6 +92,18 @@ class Silence:
     maintenance: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the classification of one settlement outcome looks at (`AlertStore.evidence`)."""
+
+    txn: dict[str, Any] | None
+    settlement: dict[str, Any] | None
+    terminal: TerminalContext | None  # None without a transaction
+    batch_closed: bool | None  # None without a transaction
+    batch_result: str | None
+    bank_failures: int  # earlier failures at the settlement's bank that may be the bank's
+
+
 def alert_event(row: Any) -> AlertEvent:
     """The `posmon.alert/1` message of a stored alert."""
     resolved = row["status"] == "resolved"
@@ -126,6 +152,7 @@ class AlertStore:
         # Called with what was queued once it is committed (the dispatchers' fast path).
         self.on_queued: Callable[[list[Queued]], None] = lambda queued: None
         self.channels = list(channels)
+        self._evidence = _evidence_statement()
 
     # --- the lifecycle ------------------------------------------------------------------
 
@@ -510,7 +537,8 @@ class AlertStore:
     # --- the facts the rules look at ----------------------------------------------------
 
     def outcome_rows(self, after: int, limit: int) -> list[dict[str, Any]]:
-        """This collector's outcome changes after id `after`, with the business key."""
+        """This collector's outcome changes after id `after`, with the business key (and
+        the transaction's terminal, batch and time: what `evidence` looks up by)."""
         log, txn, settled = outcome_log.c, transactions.c, settlements.c
         query = (
             select(
@@ -522,6 +550,8 @@ class AlertStore:
                 log.note,
                 func.coalesce(txn.tid, settled.tid).label("tid"),
                 func.coalesce(txn.rrn, settled.rrn).label("rrn"),
+                txn.batch.label("txn_batch"),
+                txn.observed_at.label("txn_observed_at"),
                 # For the metrics (collector/metrics.py): amounts, bank, time to money.
                 func.coalesce(txn.mid, settled.mid).label("mid"),
                 func.coalesce(txn.amount, settled.amount).label("amount"),
@@ -571,49 +601,62 @@ class AlertStore:
         )
         return self._rows(select(*columns).where(key.id > after).order_by(key.id).limit(limit))
 
-    def transaction_by_id(self, txn_id: int) -> dict[str, Any] | None:
-        rows = self._rows(select(transactions).where(transactions.c.id == txn_id))
-        return rows[0] if rows else None
+    def evidence(
+        self,
+        row: dict[str, Any],
+        *,
+        window: timedelta,
+        bank_types: Sequence[str],
+        bank_causes: Sequence[str],
+        since: datetime,
+    ) -> Evidence:
+        """Everything the classification of an outcome row (`outcome_rows`) looks at, read
+        in one statement: one round trip instead of six, each of which waits its turn for
+        the database and then for the GIL when the collector is busy.
+
+        The transaction and the settlement; the terminal's status events within `window`
+        of the transaction's time and the latest one before (as `TerminalContext`); the
+        latest close of its batch; and the alerts of `bank_types` with `bank_causes` at the
+        settlement's bank since `since`.
+        """
+        observed = row["txn_observed_at"]
+        params = {
+            "txn_id": row["transaction_id"],
+            "settlement_id": row["settlement_id"],
+            "tid": row["tid"] if row["transaction_id"] is not None else None,
+            "batch": row["txn_batch"],
+            "start": observed - window if observed is not None else None,
+            "end": observed + window if observed is not None else None,
+            "bank_code": row["bank_code"],
+            "bank_types": list(bank_types),
+            "bank_causes": list(bank_causes),
+            "since": since,
+        }
+        with self.reads.connect() as conn:
+            found = conn.execute(self._evidence, params).mappings().one()
+        txn = _prefixed(found, "t__", transactions) if found["t__id"] is not None else None
+        settled = found["s__settlement_id"] is not None
+        settlement = _prefixed(found, "s__", settlements) if settled else None
+        terminal = None
+        if txn is not None:
+            terminal = TerminalContext(
+                statuses=int(found["statuses"]),
+                link_down=bool(found["link_down"]),
+                saf_max=int(found["saf_max"] or 0),
+                serial_down=bool(found["serial_down"]),
+            )
+        return Evidence(
+            txn=txn,
+            settlement=settlement,
+            terminal=terminal,
+            batch_closed=bool(found["batch_closed"]) if txn is not None else None,
+            batch_result=found["batch_result"] if txn is not None else None,
+            bank_failures=int(found["bank_failures"]),
+        )
 
     def settlement_by_id(self, settlement_id: str) -> dict[str, Any] | None:
         rows = self._rows(select(settlements).where(settlements.c.settlement_id == settlement_id))
         return rows[0] if rows else None
-
-    def batch(self, tid: str, batch: str) -> dict[str, Any] | None:
-        """The latest close of one batch, if the terminal closed it."""
-        key = batches.c
-        rows = self._rows(
-            select(batches)
-            .where(key.tid == tid, key.batch == batch)
-            .order_by(key.id.desc())
-            .limit(1)
-        )
-        return rows[0] if rows else None
-
-    def terminal_context(self, tid: str, around: datetime, window: timedelta) -> TerminalContext:
-        """The terminal's link and SAF within `window` of `around`, and the state it was in."""
-        key = status_events.c
-        columns = (key.link_up, key.saf_pending, key.serial_ok)
-        during = self._rows(
-            select(*columns).where(
-                key.tid == tid,
-                key.observed_at >= around - window,
-                key.observed_at <= around + window,
-            )
-        )
-        before = self._rows(
-            select(*columns)
-            .where(key.tid == tid, key.observed_at < around - window)
-            .order_by(key.observed_at.desc())
-            .limit(1)
-        )
-        statuses = during + before
-        return TerminalContext(
-            statuses=len(statuses),
-            link_down=any(not row["link_up"] for row in statuses),
-            saf_max=max((row["saf_pending"] for row in statuses), default=0),
-            serial_down=any(not row["serial_ok"] for row in statuses),
-        )
 
     def latest_statuses(self) -> list[dict[str, Any]]:
         """Each terminal's latest status (for the engine's start-up)."""
@@ -708,3 +751,67 @@ class AlertStore:
             ).scalar_one()
             queued.append(Queued(int(notification_id), channel, payload))
         return queued
+
+
+def _prefixed(row: Any, prefix: str, table: Any) -> dict[str, Any]:
+    return {column.name: row[prefix + column.name] for column in table.columns}
+
+
+def _evidence_statement() -> Any:
+    """The statement of `AlertStore.evidence`, built once (its parameters are bound)."""
+    tid = bindparam("tid", type_=String)
+    batch = bindparam("batch", type_=String)
+    start = bindparam("start", type_=UtcDateTime())
+    status, closed, fired = status_events.c, batches.c, alerts.c
+    columns = (status.link_up, status.saf_pending, status.serial_ok)
+    during = select(*columns).where(
+        status.tid == tid,
+        status.observed_at >= start,
+        status.observed_at <= bindparam("end", type_=UtcDateTime()),
+    )
+    before = (
+        select(*columns)
+        .where(status.tid == tid, status.observed_at < start)
+        .order_by(status.observed_at.desc())
+        .limit(1)
+        .subquery("before")
+    )
+    statuses = union_all(during, select(*before.c)).subquery("statuses")
+    terminal = select(
+        func.count().label("statuses"),
+        func.sum(case((statuses.c.link_up.is_(False), 1), else_=0)).label("link_down"),
+        func.max(statuses.c.saf_pending).label("saf_max"),
+        func.sum(case((statuses.c.serial_ok.is_(False), 1), else_=0)).label("serial_down"),
+    ).subquery("terminal")
+    batch_closed = exists().where(closed.tid == tid, closed.batch == batch)
+    batch_result = (
+        select(closed.result)
+        .where(closed.tid == tid, closed.batch == batch)
+        .order_by(closed.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    bank_failures = (
+        select(func.count())
+        .where(
+            fired.type.in_(bindparam("bank_types", expanding=True)),
+            fired.cause.in_(bindparam("bank_causes", expanding=True)),
+            fired.bank_code == bindparam("bank_code", type_=String),
+            fired.started_at >= bindparam("since", type_=UtcDateTime()),
+        )
+        .scalar_subquery()
+    )
+    one = select(literal(1).label("one")).subquery("one")
+    facts = (
+        one.outerjoin(transactions, transactions.c.id == bindparam("txn_id"))
+        .outerjoin(settlements, settlements.c.settlement_id == bindparam("settlement_id"))
+        .join(terminal, true())
+    )
+    return select(
+        *(column.label(f"t__{column.name}") for column in transactions.columns),
+        *(column.label(f"s__{column.name}") for column in settlements.columns),
+        *terminal.c,
+        batch_closed.label("batch_closed"),
+        batch_result.label("batch_result"),
+        bank_failures.label("bank_failures"),
+    ).select_from(facts)
