@@ -8,9 +8,11 @@ backoff with jitter rather than paho's fixed doubling.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import select
+import socket
 import ssl
 import struct
 import time
@@ -418,6 +420,7 @@ class MqttClient:
                 self._started = True
             else:
                 self._client.reconnect()
+            _no_delay(self._client.socket())
             self._open = True
             self._connect_sent = time.monotonic()
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -561,3 +564,12 @@ class MqttClient:
         self.on_message(
             Message(message.topic, bytes(message.payload), message.qos, message.retain, message.mid)
         )
+
+
+def _no_delay(sock: Any) -> None:
+    """Small packets go out at once. With Nagle's algorithm (paho leaves it on) a publish
+    or an ack waits for the broker's TCP acknowledgement of the packet before it, which the
+    broker's kernel may delay by tens of milliseconds."""
+    # Not a TCP socket (a websocket wrapper): there is nothing to turn off.
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -9,6 +9,7 @@ MQTT 3.1.1 §3.3 and MQTT 5 §3.3 lay them out, some no conforming broker would 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -187,6 +188,29 @@ def test_joined_acks_take_every_message_off_the_session(
         time.sleep(0.3)
         again = sorted(int(m.payload) for m in subscriber.received())
         assert again == list(range(290, 300))
+    finally:
+        subscriber.close()
+
+
+def test_nagle_is_off_on_the_first_connection_and_after_a_reconnect(
+    broker: Broker, prefix: str, protocol: Protocol
+) -> None:
+    """A publish or a batch's acks go out at once: TCP_NODELAY is set on every connection's
+    socket (paho leaves Nagle's algorithm on, which holds a small packet until the TCP
+    acknowledgement of the one before it)."""
+    subscriber = Subscriber(broker, prefix, protocol)
+    subscriber.start()
+    try:
+        first = subscriber.client._client.socket()
+        assert first.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        first.shutdown(socket.SHUT_RDWR)  # the connection is lost; the client reconnects
+        wait_until(
+            lambda: subscriber.client.connected and subscriber.client._client.socket() is not first,
+            10,
+            "a reconnect",
+        )
+        second = subscriber.client._client.socket()
+        assert second.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         subscriber.close()
 
