@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from collector.config import IngestSection
 from collector.store import IngestReport, OutcomeChange, Store, new_deadletter
-from posmon.mqtt import Message, MqttClient, Topics
+from posmon.mqtt import Message, MqttClient, MqttError, Topics
 from posmon.wire.models import (
     BatchEvent,
     DeadLetter,
@@ -45,8 +45,8 @@ from posmon.wire.models import (
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT_S = 0.01
-# While a batch is being stored: how long network I/O may wait for data before the
-# batch's commit is looked at again (its acks wait at most this long).
+# While a batch is being stored or synced: how long network I/O may wait for data before
+# the commit or the sync is looked at again (the acks wait at most this long).
 STORING_LOOP_TIMEOUT_S = 0.001
 
 
@@ -91,6 +91,7 @@ class _Batch:
     valid: list[WireMessage]
     letters: list[DeadLetter]
     stored: Future[IngestReport]
+    stale: bool = False  # given up on (a reconnect): stored, never acked nor counted
 
 
 @dataclass(slots=True)
@@ -219,7 +220,10 @@ class Ingestor:
         from here, not when this thread next looks (the alert engine wakes a turn sooner)."""
         report = self.store.ingest(valid, "mqtt", durable=False)
         if report.changes:
-            self.on_changes(report.changes)
+            try:
+                self.on_changes(report.changes)
+            except Exception:  # the batch is stored: it must not be taken for a failed one
+                logger.exception("reporting %d outcome changes failed", len(report.changes))
         return report
 
     def _committed(self, batch: _Batch) -> IngestReport | None:
@@ -233,10 +237,13 @@ class Ingestor:
             )
             self._drop_unacked()
             return None
+        if batch.stale:
+            return report
         if self.store.sync_needed:
             self._unsynced.append((batch, report))
         else:
             self._ack(batch, report)
+            self._publish_letters(batch)
         return report
 
     def _sync(self) -> _Sync:
@@ -260,6 +267,8 @@ class Ingestor:
             return
         for batch, report in sync.batches:
             self._ack(batch, report)
+        for batch, _ in sync.batches:
+            self._publish_letters(batch)
 
     def _drop_unacked(self) -> None:
         """Reconnect, acking nothing more: the broker redelivers every message not acked,
@@ -268,20 +277,29 @@ class Ingestor:
         self._pending = []
         self._unsynced = []
         if self._syncing is not None:
-            self._syncing.batches.clear()  # its acks would name the old session's packets
+            self._syncing.batches.clear()
+        if self._storing is not None:
+            self._storing.stale = True
         self.client.disconnect()
 
     def _ack(self, batch: _Batch, report: IngestReport) -> None:
-        """A batch on disk: ack it, publish its dead letters, count it."""
+        """A batch on disk: ack it and count it. (The client acks nothing that came on an
+        earlier connection: the broker has sent those again, and their copies are acked.)"""
         self.client.ack_all(batch.messages)
-        for letter in batch.letters:
-            self.client.publish(self.topics.deadletter, letter.to_json())
         self._count(report, batch.messages, batch.letters)
         observed = [
             m.observed_at for m in batch.valid if isinstance(m, TxnEvent | StatusEvent | BatchEvent)
         ]
         if observed:
             self.last_lag_s = (datetime.now(UTC) - max(observed)).total_seconds()
+
+    def _publish_letters(self, batch: _Batch) -> None:
+        """Publish a stored batch's dead letters (each one is in the database already)."""
+        for letter in batch.letters:
+            try:
+                self.client.publish(self.topics.deadletter, letter.to_json())
+            except MqttError as exc:
+                logger.warning("dead letter %s stored, not published: %s", letter.event_id, exc)
 
     def _parse(self, message: Message) -> WireMessage:
         expected = _model_for(message.topic, self.topics)

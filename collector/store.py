@@ -235,14 +235,17 @@ class Store:
     def sync(self) -> None:
         """Return once every commit made before the call is on disk.
 
-        PostgreSQL writes its WAL in order, and a transaction that holds a transaction id
-        commits synchronously (the server's `synchronous_commit`) by flushing the WAL up to
-        its own commit record: past every commit before it, asynchronous ones included.
+        PostgreSQL writes its WAL in order, and a transaction that has written WAL commits
+        synchronously (the server's `synchronous_commit`) by flushing the WAL up to its own
+        commit record: past every commit before it, asynchronous ones included. The write
+        is the smallest there is, a transactional logical-decoding message (no table, no
+        dead row; any role may emit one). A transaction id alone is not enough: PostgreSQL
+        commits a transaction that wrote no WAL without the flush.
         SQLite: there is nothing to wait for (WAL with synchronous=NORMAL, as ever).
         """
         if self.is_postgres:
             with self.engine.begin() as conn:
-                conn.exec_driver_sql("SELECT txid_current()")
+                conn.exec_driver_sql("SELECT pg_logical_emit_message(true, 'posmon-sync', '')")
 
     def _events(self, conn: Connection, run: Sequence[WireMessage], report: IngestReport) -> None:
         """Store consecutive status, batch or dead-letter events; repeats (event id) dropped."""

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = "posmon/v1"
 DRAIN_PACKETS = 500
 CONNACK_WAIT_S = 5.0
+# How long disconnect() waits for the socket to take what is queued (the DISCONNECT last).
+DISCONNECT_FLUSH_S = 1.0
 READ_CHUNK = 65536
 # MQTT 3.1.1 PUBACK, and MQTT 5's with reason code 0 and no properties (MQTT 5 §3.4.2.1).
 _PUBACK = 0x40
@@ -140,6 +142,18 @@ class _BufferedPaho(paho.Client):
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def close(self, flush_s: float) -> None:
+        """Write what is queued (a DISCONNECT, so no will is sent) for up to `flush_s`,
+        then close the socket and paho's wake-up socket pair. paho leaves both to its
+        `__del__`, which a garbage cycle may run after the sockets' own finalizers (a
+        ResourceWarning for each)."""
+        deadline = time.monotonic() + flush_s
+        while self.want_write() and self._sock is not None and time.monotonic() < deadline:
+            select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))
+            if self.loop_write() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        self._reset_sockets()
 
     def buffered(self) -> bool:
         """Whether bytes already read from the current socket wait to be parsed."""
@@ -324,13 +338,15 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A received message: bytes in, bytes out; `mid` is what `ack()` takes."""
+    """A received message: bytes in, bytes out; `mid` is what `ack()` takes, on the
+    connection (`connection`, counted from 1) it came on."""
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
     mid: int
+    connection: int = 0
 
 
 class MqttClient:
@@ -352,6 +368,7 @@ class MqttClient:
         self.on_message: Callable[[Message], None] = lambda message: None
         self.connected = False
         self.last_error: str | None = None
+        self._connection = 0  # connections accepted so far: the messages' `connection`
         v5 = settings.protocol is Protocol.V5
         self._client = _BufferedPaho(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -484,6 +501,7 @@ class MqttClient:
         was_connected, self.connected = self.connected, False
         if was_connected:
             self._client.disconnect()
+        self._client.close(DISCONNECT_FLUSH_S)
         self._open = False
 
     # --- messages -----------------------------------------------------------------------
@@ -508,12 +526,18 @@ class MqttClient:
 
     def ack(self, message: Message) -> None:
         """Acknowledge a message received with manual_ack, once it is safely stored."""
-        self._client.ack(message.mid, message.qos)
+        self.ack_all([message])
 
     def ack_all(self, messages: list[Message]) -> None:
-        """Acknowledge many messages received with manual_ack, in one write where QoS 1."""
-        self._client.ack_many([m.mid for m in messages if m.qos == 1])
-        for message in messages:
+        """Acknowledge many messages received with manual_ack, in one write where QoS 1.
+
+        Messages that came on an earlier connection are not acked: the broker sends them
+        again on this one (a persistent session), and by the time the first copy is stored
+        its packet id may name another message, stored or not. The new copy is acked.
+        """
+        current = [m for m in messages if m.connection == self._connection]
+        self._client.ack_many([m.mid for m in current if m.qos == 1])
+        for message in current:
             if message.qos == 2:
                 self._client.ack(message.mid, message.qos)
 
@@ -527,6 +551,7 @@ class MqttClient:
             logger.warning("MQTT %s", self.last_error)
             return
         self.connected = True
+        self._connection += 1
         self.last_error = None
         self._backoff.reset()
         logger.info(
@@ -558,11 +583,18 @@ class MqttClient:
     def _on_publish_bytes(
         self, topic: str, payload: bytes, qos: int, retain: bool, mid: int
     ) -> None:
-        self.on_message(Message(topic, payload, qos, retain, mid))
+        self.on_message(Message(topic, payload, qos, retain, mid, self._connection))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.on_message(
-            Message(message.topic, bytes(message.payload), message.qos, message.retain, message.mid)
+            Message(
+                message.topic,
+                bytes(message.payload),
+                message.qos,
+                message.retain,
+                message.mid,
+                self._connection,
+            )
         )
 
 
@@ -570,6 +602,6 @@ def _no_delay(sock: Any) -> None:
     """Small packets go out at once. With Nagle's algorithm (paho leaves it on) a publish
     or an ack waits for the broker's TCP acknowledgement of the packet before it, which the
     broker's kernel may delay by tens of milliseconds."""
-    # Not a TCP socket (a websocket wrapper): there is nothing to turn off.
+    # posmon connects over TCP (plain or TLS); a socket of another kind is left as it is.
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -863,3 +863,24 @@ def test_status_events_between_transactions_do_not_split_their_batch(store: Stor
     # One run of 41 transactions and one of 10 status events. Ten runs of four sales
     # each with its own insert and look-ups would take well over 40.
     assert len(statements) <= 15, statements
+
+
+def test_after_sync_an_asynchronous_commit_is_on_disk(postgres_url: str) -> None:
+    """`ingest(durable=False)` returns before PostgreSQL has flushed its WAL; `sync()`
+    returns only once the WAL is flushed past that commit. (The flush position is read
+    from the server: `pg_current_wal_flush_lsn()`.)"""
+    store = open_store(postgres_url)
+    try:
+        for index in range(5):
+            store.ingest([sale(f"40251100{index:04d}")], durable=False)
+            with store.reads.connect() as conn:
+                committed = conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar()
+            store.sync()
+            with store.reads.connect() as conn:
+                flushed = conn.execute(
+                    text("SELECT pg_current_wal_flush_lsn() >= CAST(:lsn AS pg_lsn)"),
+                    {"lsn": committed},
+                ).scalar()
+            assert flushed, f"sync() returned before the WAL reached {committed}"
+    finally:
+        store.close()

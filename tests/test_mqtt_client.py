@@ -192,6 +192,33 @@ def test_joined_acks_take_every_message_off_the_session(
         subscriber.close()
 
 
+def test_messages_of_an_earlier_connection_are_not_acked_on_the_next(
+    broker: Broker, prefix: str, protocol: Protocol, publisher: paho.Client
+) -> None:
+    """After a reconnect the broker sends the unacked messages again, under the same
+    packet ids. Acks for the first copies, come late (stored while the connection was
+    lost), are not sent: they would take the new copies off the session before those
+    are handled, or, once the ids are reused, other messages."""
+    subscriber = Subscriber(broker, prefix, protocol, manual_ack=True)
+    subscriber.start()
+    for i in range(10):
+        publisher.publish(f"{prefix}/n", str(i).encode(), qos=1)
+    wait_until(lambda: len(subscriber.received()) == 10, 10, "10 messages")
+    first = subscriber.received()
+    subscriber.client._client.socket().shutdown(socket.SHUT_RDWR)  # the connection is lost
+    wait_until(lambda: len(subscriber.received()) == 20, 10, "the 10 again after a reconnect")
+    subscriber.unacked.extend(first)  # acked now, on the new connection
+    time.sleep(0.3)
+    subscriber.close()
+    subscriber.messages.clear()
+    subscriber.reopen()
+    try:
+        wait_until(lambda: len(subscriber.received()) == 10, 10, "the 10 still on the session")
+        assert sorted(int(m.payload) for m in subscriber.received()) == list(range(10))
+    finally:
+        subscriber.close()
+
+
 def test_nagle_is_off_on_the_first_connection_and_after_a_reconnect(
     broker: Broker, prefix: str, protocol: Protocol
 ) -> None:
