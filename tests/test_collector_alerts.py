@@ -31,12 +31,16 @@ from sqlalchemy.exc import OperationalError
 from test_collector_ingest import MID, MID_T0, SHANGHAI, Rig, rig_on, settlement, txn
 
 from collector.alertstore import AlertStore
-from collector.config import MerchantRule
+from collector.classify import TerminalContext
+from collector.config import CollectorConfig, MerchantRule
+from collector.rules import BANK_FAILURES, AlertType, Candidate
 from collector.store import Store
+from collector.terms import SettlementTerms
 from posmon.wire.models import (
     AlertEvent,
     BatchEvent,
     BatchResult,
+    Cause,
     Network,
     PresenceEvent,
     PresenceState,
@@ -658,11 +662,6 @@ def posmon(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_alerts_commands_list_show_acknowledge_and_silence(tmp_path: Path) -> None:
-    from collector.config import CollectorConfig
-    from collector.rules import AlertType, Candidate
-    from collector.terms import SettlementTerms
-    from posmon.wire.models import Cause
-
     url = f"sqlite:///{tmp_path}/posmon.db"
     config = tmp_path / "collector.toml"
     config.write_text(f'[database]\nurl = "{url}"\n')
@@ -758,3 +757,73 @@ def test_an_alert_write_that_fails_once_is_done_again_not_passed_over(
     time.sleep(0.5)
     assert refused == ["402511000702"]
     assert sorted(a.rrn or "" for a in rig.alerts("SETTLEMENT_FAILED")) == rrns
+
+
+def test_the_evidence_of_an_outcome_is_read_as_the_tables_hold_it(database_url: str) -> None:
+    """`AlertStore.evidence()`, the one statement behind a settlement alert's cause: the
+    transaction and settlement; the terminal's status events within the window and the
+    latest one before it (not older ones, not later ones, not another terminal's); the
+    batch's latest close; earlier failures at the bank of the bank-failure types and
+    causes since `since`. An orphan (no transaction) has no terminal or batch facts."""
+    config = CollectorConfig(merchants=[MerchantRule(mid=MID, fee_bp=0)])
+    store = Store(database_url, SettlementTerms(config), collector_id="evidence")
+    store.migrate()
+    alerts = AlertStore(store.engine, "evidence", [], reads=store.reads)
+    try:
+        sale = txn("402511006601", at=datetime.now(SHANGHAI) - timedelta(hours=4))
+        t0 = sale.observed_at
+
+        def seen(minutes: float, **fields: Any) -> StatusEvent:
+            return status(at=t0 + timedelta(minutes=minutes)).model_copy(update=fields)
+
+        store.ingest(
+            [
+                sale,
+                seen(-180, saf_pending=99),  # before the window, but not the latest before
+                seen(-120, link_up=False),  # the latest before the window
+                seen(-1, saf_pending=7, serial_ok=False),  # within it
+                seen(30, link_up=False, saf_pending=500),  # after it
+                status("10000002", link_up=False, at=t0),  # another terminal
+                batch_close(result=BatchResult.OK),
+                batch_close(result=BatchResult.UNBALANCED),  # the latest close
+                failed(sale.rrn, "S-6601", "AC01"),
+                failed("402511006699", "S-6699", "AC01"),  # an orphan
+            ]
+        )
+        now = datetime.now(UTC)
+        for index, (kind, cause, bank, started) in enumerate(
+            [
+                (AlertType.SETTLEMENT_FAILED, Cause.BANK_SYSTEM, BANK, now),  # counted
+                (AlertType.SETTLEMENT_OVERDUE, Cause.BANK_SYSTEM, BANK, now),  # counted
+                (AlertType.SETTLEMENT_FAILED, Cause.ACCOUNT_INFO, BANK, now),
+                (AlertType.SETTLEMENT_FAILED, Cause.BANK_SYSTEM, "0999", now),
+                (AlertType.AMOUNT_MISMATCH, Cause.BANK_SYSTEM, BANK, now),
+                (AlertType.SETTLEMENT_FAILED, Cause.BANK_SYSTEM, BANK, now - timedelta(hours=2)),
+            ]
+        ):
+            alerts.fire(
+                Candidate(kind, f"evidence-{index}", cause, "summary", bank_code=bank), started
+            )
+        rows = {row["settlement_id"]: row for row in alerts.outcome_rows(0, 100)}
+        since = now - timedelta(minutes=30)
+        ask = {
+            "window": timedelta(minutes=10),
+            "bank_types": [kind.value for kind in BANK_FAILURES],
+            "bank_causes": [Cause.BANK_SYSTEM.value],
+            "since": since,
+        }
+        found = alerts.evidence(rows["S-6601"], **ask)  # type: ignore[arg-type]
+        assert found.txn is not None and found.txn["rrn"] == sale.rrn
+        assert found.txn["observed_at"] == t0
+        assert found.settlement is not None and found.settlement["reason_code"] == "AC01"
+        assert found.terminal == TerminalContext(
+            statuses=2, link_down=True, saf_max=7, serial_down=True
+        )
+        assert found.batch_closed is True
+        assert found.batch_result == BatchResult.UNBALANCED.value
+        assert found.bank_failures == 2
+        orphan = alerts.evidence(rows["S-6699"], **ask)  # type: ignore[arg-type]
+        assert orphan.txn is None and orphan.terminal is None and orphan.batch_closed is None
+        assert orphan.settlement is not None and orphan.settlement["rrn"] == "402511006699"
+    finally:
+        store.close()
