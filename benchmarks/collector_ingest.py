@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each row (1)")
     parser.add_argument(
-        "--batch-size", type=int, default=200, help="collector ingest.batch_size (200)"
+        "--batch-size", type=int, default=500, help="collector ingest.batch_size (500)"
     )
     parser.add_argument(
         "--postgres",

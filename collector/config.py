@@ -53,7 +53,7 @@ class IngestSection(Section):
         description="MQTT shared subscription group: collectors in one group split the load.",
     )
     batch_size: int = Field(
-        200, ge=1, le=10_000, description="Messages stored per transaction before the acks."
+        500, ge=1, le=10_000, description="Messages stored per transaction before the acks."
     )
     batch_wait_ms: int = Field(
         20, ge=0, le=5000, description="Longest a message waits for its batch to fill."
