@@ -232,6 +232,9 @@ class Ingestor:
         try:
             report = batch.stored.result()
         except Exception:
+            if batch.stale:  # given up on already: its messages come again
+                logger.warning("a batch given up on could not be stored either")
+                return None
             logger.exception(
                 "could not store a batch of %d messages; reconnecting", len(batch.messages)
             )

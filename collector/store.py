@@ -239,13 +239,19 @@ class Store:
         synchronously (the server's `synchronous_commit`) by flushing the WAL up to its own
         commit record: past every commit before it, asynchronous ones included. The write
         is the smallest there is, a transactional logical-decoding message (no table, no
-        dead row; any role may emit one). A transaction id alone is not enough: PostgreSQL
-        commits a transaction that wrote no WAL without the flush.
+        dead row; any role may emit one; a logical-decoding consumer sees it, prefixed
+        `posmon-sync`). A transaction id alone is not enough: PostgreSQL commits a
+        transaction that wrote no WAL without the flush. Where `synchronous_commit` is off
+        for the database or role, it is turned on for this transaction (only).
         SQLite: there is nothing to wait for (WAL with synchronous=NORMAL, as ever).
         """
         if self.is_postgres:
             with self.engine.begin() as conn:
-                conn.exec_driver_sql("SELECT pg_logical_emit_message(true, 'posmon-sync', '')")
+                conn.exec_driver_sql(
+                    "SELECT CASE WHEN current_setting('synchronous_commit') = 'off'"
+                    " THEN set_config('synchronous_commit', 'on', true) END,"
+                    " pg_logical_emit_message(true, 'posmon-sync', '')"
+                )
 
     def _events(self, conn: Connection, run: Sequence[WireMessage], report: IngestReport) -> None:
         """Store consecutive status, batch or dead-letter events; repeats (event id) dropped."""

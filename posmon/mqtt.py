@@ -153,6 +153,8 @@ class _BufferedPaho(paho.Client):
             select.select([], [self._sock], [], max(deadline - time.monotonic(), 0))
             if self.loop_write() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
+            if self.want_write():
+                time.sleep(0.005)  # TLS may want to read first: do not spin meanwhile
         self._reset_sockets()
 
     def buffered(self) -> bool:
@@ -368,7 +370,7 @@ class MqttClient:
         self.on_message: Callable[[Message], None] = lambda message: None
         self.connected = False
         self.last_error: str | None = None
-        self._connection = 0  # connections accepted so far: the messages' `connection`
+        self._connection = 0  # connections opened so far: the messages' `connection`
         v5 = settings.protocol is Protocol.V5
         self._client = _BufferedPaho(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -437,6 +439,9 @@ class MqttClient:
                 self._started = True
             else:
                 self._client.reconnect()
+            # Counted when the socket opens, not at CONNACK: acks written before the
+            # CONNACK is read would already go out on the new connection.
+            self._connection += 1
             _no_delay(self._client.socket())
             self._open = True
             self._connect_sent = time.monotonic()
@@ -531,11 +536,12 @@ class MqttClient:
     def ack_all(self, messages: list[Message]) -> None:
         """Acknowledge many messages received with manual_ack, in one write where QoS 1.
 
-        Messages that came on an earlier connection are not acked: the broker sends them
-        again on this one (a persistent session), and by the time the first copy is stored
-        its packet id may name another message, stored or not. The new copy is acked.
+        QoS 1 messages that came on an earlier connection are not acked: the broker sends
+        them again on this one (a persistent session), and by the time the first copy is
+        stored its packet id may name another message, stored or not. The new copy is
+        acked. (A QoS 2 message is not sent again once received; its ack goes out.)
         """
-        current = [m for m in messages if m.connection == self._connection]
+        current = [m for m in messages if m.connection == self._connection or m.qos == 2]
         self._client.ack_many([m.mid for m in current if m.qos == 1])
         for message in current:
             if message.qos == 2:
@@ -551,7 +557,6 @@ class MqttClient:
             logger.warning("MQTT %s", self.last_error)
             return
         self.connected = True
-        self._connection += 1
         self.last_error = None
         self._backoff.reset()
         logger.info(

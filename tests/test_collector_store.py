@@ -867,11 +867,20 @@ def test_status_events_between_transactions_do_not_split_their_batch(store: Stor
 
 def test_after_sync_an_asynchronous_commit_is_on_disk(postgres_url: str) -> None:
     """`ingest(durable=False)` returns before PostgreSQL has flushed its WAL; `sync()`
-    returns only once the WAL is flushed past that commit. (The flush position is read
-    from the server: `pg_current_wal_flush_lsn()`.)"""
+    returns only once the WAL is flushed past that commit, also where the database has
+    `synchronous_commit` off. (The flush position is read from the server:
+    `pg_current_wal_flush_lsn()`.)"""
     store = open_store(postgres_url)
     try:
-        for index in range(5):
+        for index in range(10):
+            if index == 5:
+                with store.engine.begin() as conn:
+                    database = conn.exec_driver_sql("SELECT current_database()").scalar()
+                    conn.exec_driver_sql(
+                        f'ALTER DATABASE "{database}" SET synchronous_commit = off'
+                    )
+                for engine in (store.engine, store.reads, store.derived):
+                    engine.dispose()  # new connections: the database's setting applies
             store.ingest([sale(f"40251100{index:04d}")], durable=False)
             with store.reads.connect() as conn:
                 committed = conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar()
