@@ -552,8 +552,8 @@ class AlertEngine:
         tid = (txn or settlement or {}).get("tid") or row["tid"]
         rrn = (txn or settlement or {}).get("rrn") or row["rrn"]
         mid = (txn or settlement or {}).get("mid")
-        bank_code = settlement["bank_code"] if settlement else None
-        facts = self._facts(outcome, evidence, bank_code, now)
+        bank_code = evidence.bank_code
+        facts = self._facts(outcome, evidence, now)
         result = classify(facts, self.settings.reason_codes)
         currency = (txn or settlement or {}).get("currency")
         amount = self._at_risk(outcome, txn, settlement)
@@ -599,10 +599,8 @@ class AlertEngine:
         )
         return candidate, txn
 
-    def _facts(
-        self, outcome: Outcome, evidence: Evidence, bank_code: str | None, now: datetime
-    ) -> Facts:
-        txn, settlement = evidence.txn, evidence.settlement
+    def _facts(self, outcome: Outcome, evidence: Evidence, now: datetime) -> Facts:
+        txn, settlement, bank_code = evidence.txn, evidence.settlement, evidence.bank_code
         mid = (txn or settlement or {}).get("mid")
         rule = self.merchants.get(mid) if mid else None
         failures = 0

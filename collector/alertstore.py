@@ -103,6 +103,11 @@ class Evidence:
     batch_result: str | None
     bank_failures: int  # earlier failures at the settlement's bank that may be the bank's
 
+    @property
+    def bank_code(self) -> str | None:
+        """The settlement's bank, if there is a settlement and it names one."""
+        return self.settlement["bank_code"] if self.settlement else None
+
 
 def alert_event(row: Any) -> AlertEvent:
     """The `posmon.alert/1` message of a stored alert."""
