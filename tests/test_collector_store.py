@@ -161,6 +161,19 @@ def result(
     )
 
 
+def status(*, link_up: bool = True, network: Network = Network.ETH, saf: int = 0) -> StatusEvent:
+    return StatusEvent(
+        event_id=uuid.uuid4(),
+        agent_id="box-1",
+        tid=TID,
+        link_up=link_up,
+        network=network,
+        saf_pending=saf,
+        serial_ok=True,
+        observed_at=NOW,
+    )
+
+
 # --- reading back -------------------------------------------------------------------------
 
 
@@ -646,16 +659,7 @@ def test_repeats_by_event_id_and_by_business_key_are_stored_once(store: Store) -
 
 
 def test_status_batch_and_presence_repeats_are_stored_once(store: Store) -> None:
-    status = StatusEvent(
-        event_id=uuid.uuid4(),
-        agent_id="box-1",
-        tid=TID,
-        link_up=False,
-        network=Network.G4,
-        saf_pending=3,
-        serial_ok=True,
-        observed_at=NOW,
-    )
+    status_event = status(link_up=False, network=Network.G4, saf=3)
     close = BatchEvent(
         event_id=uuid.uuid4(),
         agent_id="box-1",
@@ -673,7 +677,7 @@ def test_status_batch_and_presence_repeats_are_stored_once(store: Store) -> None
         agent_id="box-1", state=PresenceState.ONLINE, tids=[TID], version="0.1.0", observed_at=NOW
     )
     offline = online.model_copy(update={"state": PresenceState.OFFLINE})
-    report = store.ingest([status, status, close, close, online, offline])
+    report = store.ingest([status_event, status_event, close, close, online, offline])
     assert report.stored == {"status": 1, "batch": 1, "presence": 2}
     assert report.repeats == {"status": 1, "batch": 1}
     # Presence keeps the latest view; an older message does not overwrite a newer one.
@@ -834,18 +838,7 @@ def test_status_events_between_transactions_do_not_split_their_batch(store: Stor
     for index, txn in enumerate(sales):
         messages.append(txn)
         if index % 4 == 3:
-            messages.append(
-                StatusEvent(
-                    event_id=uuid.uuid4(),
-                    agent_id="box-1",
-                    tid=TID,
-                    link_up=True,
-                    network=Network.ETH,
-                    saf_pending=0,
-                    serial_ok=True,
-                    observed_at=NOW,
-                )
-            )
+            messages.append(status())
     messages.append(void(sales[0], "402511003199"))
     statements: list[str] = []
 
