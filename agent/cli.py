@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from agent.config import AgentConfig
-from posmon.cli import load_config_or_exit
 from posmon.config import example_toml
+from posmon.lifecycle import load_config_or_exit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,6 +58,9 @@ def config_example() -> None:
     header = (
         "# posmon agent configuration. Every key can be overridden from the environment:\n"
         "# POSMON_<SECTION>__<KEY>, e.g. POSMON_MQTT__HOST=broker.example.\n"
+        "# Across any network you do not control, reach the broker over mutual TLS: port = "
+        "8883\n# and [mqtt.tls] enabled = true with the files of `posmon pki issue-agent "
+        "ID`\n# (docs/security.md); a password login travels in clear.\n"
     )
     typer.echo(header + example_toml(AgentConfig, EXAMPLE_PORTS), nl=False)
 
@@ -111,12 +114,18 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _print_report(console: Console, report: Report) -> None:
+    from rich.markup import escape  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
 
     from agent.doctor import Status  # noqa: PLC0415
 
-    styles = {Status.OK: "bold green", Status.FAIL: "bold red", Status.SKIP: "yellow"}
+    styles = {
+        Status.OK: "bold green",
+        Status.WARN: "bold yellow",
+        Status.FAIL: "bold red",
+        Status.SKIP: "yellow",
+    }
     table = Table(title="Checks", title_justify="left")
     table.add_column("check", no_wrap=True)
     table.add_column("target")
@@ -146,16 +155,22 @@ def _print_report(console: Console, report: Report) -> None:
     console.print(devices)
     failed = report.failed
     skipped = sum(check.status is Status.SKIP for check in report.checks)
+    warned = "".join(
+        f"; [bold yellow]WARN[/]: {check.name} {escape(check.target)}: {escape(check.detail)}"
+        for check in report.warnings
+    )
     if failed:
         names = ", ".join(f"{check.name} {check.target}" for check in failed)
         console.print(
-            f"[bold red]FAIL[/]: {len(failed)} of {len(report.checks)} checks failed: {names}",
+            f"[bold red]FAIL[/]: {len(failed)} of {len(report.checks)} checks failed: {names}"
+            + warned,
             soft_wrap=True,
         )
     else:
         passed = len(report.checks) - skipped
         console.print(
             f"[bold green]OK[/]: all {passed} checks passed"
-            + (f", {skipped} skipped" if skipped else ""),
+            + (f", {skipped} skipped" if skipped else "")
+            + warned,
             soft_wrap=True,
         )

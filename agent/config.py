@@ -76,7 +76,9 @@ class OutboxSection(Section):
 
     path: Path | None = Field(None, description="SQLite file; default: <state_dir>/outbox.sqlite3.")
     max_events: int = Field(
-        200_000, ge=100, description="Capacity; when full, status events are dropped first."
+        200_000,
+        ge=100,
+        description="Capacity, at least 100 events; when full, status events are dropped first.",
     )
     fsync: Fsync = Field(
         Fsync.FULL,

@@ -28,15 +28,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig, PortSection
 from posmon.mqtt import MqttClient, MqttError, MqttSettings, TlsSettings
 from posmon.serialport import SerialPort, SerialPortError, list_ports, open_port
 from posmon.wire.codec import RecordError, parse_data
 from posmon.wire.frames import BadFrame, FrameDecoder, GoodFrame
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 DEFAULT_LISTEN_S = 5.0
 BROKER_TIMEOUT_S = 5.0
@@ -47,6 +51,7 @@ SERVICE = "posmon-agent"
 
 class Status(StrEnum):
     OK = "OK"
+    WARN = "WARN"  # works today, needs doing soon (a certificate about to expire)
     FAIL = "FAIL"
     SKIP = "SKIP"
 
@@ -85,6 +90,10 @@ class Report:
         return [check for check in self.checks if check.status is Status.FAIL]
 
     @property
+    def warnings(self) -> list[Check]:
+        return [check for check in self.checks if check.status is Status.WARN]
+
+    @property
     def ok(self) -> bool:
         return not self.failed
 
@@ -93,6 +102,7 @@ def diagnose(config: AgentConfig, listen_s: float = DEFAULT_LISTEN_S) -> Report:
     """Run every check of an agent configuration: serial ports, broker, outbox."""
     checks = [
         *check_ports(config.ports, listen_s),
+        *check_certificate(config.mqtt.tls, config.agent.id),
         *check_broker(config.mqtt, config.agent.id),
         *check_outbox(config),
     ]
@@ -426,6 +436,135 @@ def check_broker(
             return failed(check)
         checks.append(check)
     return checks
+
+
+CERTIFICATE = "tls certificate"
+CERT_WARN_DAYS = 30
+RENEW_HINT = (
+    "renew it: on the CA's machine `posmon pki issue-agent {name} --replace`, then copy "
+    "the new .crt and .key here and restart the agent (docs/security.md)"
+)
+
+
+def check_certificate(
+    tls: TlsSettings,
+    agent_id: str,
+    *,
+    now: datetime | None = None,
+    warn_days: int = CERT_WARN_DAYS,
+) -> list[Check]:
+    """The client certificate of mutual TLS: readable, valid now and for `warn_days`
+    more, its key the one it certifies, and issued to this agent's id.
+
+    No line without a client certificate configured. The dates come from the file, so a
+    certificate about to expire is found before the broker starts refusing it.
+    """
+    if not tls.enabled or tls.cert_file is None or tls.key_file is None:
+        return []
+    target = str(tls.cert_file)
+    try:
+        cert = _certificate_pair(tls.cert_file, tls.key_file)
+    except _Unusable as exc:
+        return [Check(CERTIFICATE, target, exc.status, exc.detail, exc.hint)]
+    return [_validity(target, cert, agent_id, now=now or datetime.now(UTC), warn_days=warn_days)]
+
+
+class _Unusable(Exception):
+    """The certificate or its key cannot be used; says why as a Check would."""
+
+    def __init__(self, detail: str, hint: str = "", status: Status = Status.FAIL) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint
+        self.status = status
+
+
+_KEY_HINT = "mqtt.tls.key_file must be the .key file issued with the certificate, readable"
+
+
+def _certificate_pair(cert_file: Path, key_file: Path) -> x509.Certificate:
+    """The certificate in `cert_file`, once `key_file` is shown to hold its key."""
+    try:
+        # Only the doctor reads certificates: `posmon agent run` never imports this
+        # (8 MB of RSS). The stdlib cannot parse a certificate file without a private
+        # function, and `openssl x509` may not be on the box; cryptography comes with
+        # the agent's extra, as wheels.
+        from cryptography import x509  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    except ImportError as exc:
+        raise _Unusable(
+            "cannot read it: the cryptography package is not installed",
+            "install the agent's extras: pip install 'posmon[agent]'",
+            Status.SKIP,
+        ) from exc
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except OSError as exc:
+        raise _Unusable(f"cannot read it: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise _Unusable(
+            "not a PEM certificate", "mqtt.tls.cert_file must be the .crt file posmon pki wrote"
+        ) from exc
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except OSError as exc:
+        raise _Unusable(f"cannot read the key {key_file}: {exc.strerror}", _KEY_HINT) from exc
+    except TypeError as exc:
+        raise _Unusable(
+            f"the key {key_file} is encrypted: the agent cannot type its passphrase"
+        ) from exc
+    except ValueError as exc:
+        raise _Unusable(f"{key_file} is not a PEM private key", _KEY_HINT) from exc
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise _Unusable(
+            f"the key {key_file} is not this certificate's key",
+            "cert_file and key_file must be the pair issued together (NAME.crt, NAME.key)",
+        )
+    return cert
+
+
+def _validity(
+    target: str, cert: x509.Certificate, agent_id: str, *, now: datetime, warn_days: int
+) -> Check:
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - see _certificate_pair
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if names else "?"
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    until = f"{not_after:%Y-%m-%d %H:%M} UTC"
+    if now < not_before:
+        return Check(
+            CERTIFICATE,
+            target,
+            Status.FAIL,
+            f"{name}: not valid before {not_before:%Y-%m-%d %H:%M} UTC "
+            f"(this box says it is {now:%Y-%m-%d %H:%M} UTC)",
+            "is this box's clock right? (timedatectl; NTP)",
+        )
+    if now >= not_after:
+        return Check(
+            CERTIFICATE,
+            target,
+            Status.FAIL,
+            f"{name}: expired {until}, {_duration((now - not_after).total_seconds())} ago: "
+            "the broker refuses it",
+            RENEW_HINT.format(name=name),
+        )
+    left = not_after - now
+    detail = f"{name}, valid until {until} ({_duration(left.total_seconds())} left), key matches"
+    if left < timedelta(days=warn_days):
+        return Check(CERTIFICATE, target, Status.WARN, detail, RENEW_HINT.format(name=name))
+    if name != agent_id:
+        return Check(
+            CERTIFICATE,
+            target,
+            Status.WARN,
+            f"{detail}; issued to {name}, not to this agent ({agent_id})",
+            f"the broker knows this box by the certificate's name, {name}, and the ACL "
+            f"grants {agent_id}'s topics to {agent_id}: issue one for {agent_id}",
+        )
+    return Check(CERTIFICATE, target, Status.OK, detail)
 
 
 def _resolve(settings: MqttSettings, target: str) -> Check:

@@ -19,6 +19,8 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -110,32 +112,43 @@ class Outbox:
         Raises `OutboxFull` for a KEEP event when nothing droppable is left.
         """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                stored = self._make_room(priority)
-                if stored:
-                    self._db.execute(
-                        "INSERT INTO events (priority, topic, payload, created) VALUES (?,?,?,?)",
-                        (int(priority), topic, payload, time.time()),
-                    )
-                if last_frame is not None:
-                    self._db.execute(
-                        "INSERT INTO last_frame (tid, seq, fingerprint) VALUES (?,?,?) "
-                        "ON CONFLICT (tid) DO UPDATE SET seq=excluded.seq, "
-                        "fingerprint=excluded.fingerprint",
-                        (last_frame.tid, last_frame.seq, last_frame.fingerprint),
-                    )
-                self._db.execute("COMMIT")
+                with self._transaction():
+                    stored = self._make_room(priority)
+                    if stored:
+                        self._db.execute(
+                            "INSERT INTO events (priority, topic, payload, created) "
+                            "VALUES (?,?,?,?)",
+                            (int(priority), topic, payload, time.time()),
+                        )
+                    if last_frame is not None:
+                        self._db.execute(
+                            "INSERT INTO last_frame (tid, seq, fingerprint) VALUES (?,?,?) "
+                            "ON CONFLICT (tid) DO UPDATE SET seq=excluded.seq, "
+                            "fingerprint=excluded.fingerprint",
+                            (last_frame.tid, last_frame.seq, last_frame.fingerprint),
+                        )
             except OutboxFull:
-                self._db.execute("ROLLBACK")
                 self._bump("refused_keep")  # in its own (autocommit) statement
-                raise
-            except BaseException:
-                self._db.execute("ROLLBACK")
                 raise
             if stored:
                 self._size += 1
             return stored
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. SQLite itself rolls the
+        transaction back when a write finds the disk full (SQLITE_FULL); a ROLLBACK after
+        that would fail again, hiding the real error behind `cannot rollback - no
+        transaction is active`, so it is sent only while a transaction is open."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _make_room(self, priority: Priority) -> bool:
         if self._size < self.max_events:
@@ -183,15 +196,17 @@ class Outbox:
             # A delete need not reach the disk at once (a lost one only repeats an event
             # after a crash); the next full commit of the WAL carries it.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
             removed = 0
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                cursor = self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)  # noqa: S608 - only placeholders
-                removed += cursor.rowcount
-            self._db.execute("COMMIT")
-            self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+            try:
+                with self._transaction():
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start : start + 500]
+                        marks = ",".join("?" * len(chunk))
+                        delete = f"DELETE FROM events WHERE id IN ({marks})"  # noqa: S608 - only placeholders
+                        cursor = self._db.execute(delete, chunk)
+                        removed += cursor.rowcount
+            finally:
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
             self._size -= removed
 
     def last_frames(self) -> list[LastFrame]:

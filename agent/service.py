@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 import threading
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from agent.link import PortReader
 from agent.outbox import LastFrame, Outbox, OutboxFull, Priority
 from agent.publisher import Publisher
 from posmon import __version__
-from posmon.cli import load_config_or_exit, stop_on_signals
+from posmon.lifecycle import load_config_or_exit, stop_on_signals
 from posmon.mqtt import MqttClient, Topics
 from posmon.wire.codec import EventBuilder, Received, SerialCodec
 from posmon.wire.models import (
@@ -94,6 +95,16 @@ class Agent:
                 port,
                 type(message).__name__,
                 received.tid,
+            )
+            return False
+        except sqlite3.OperationalError as exc:  # the disk under the outbox is full, or gone
+            logger.error(
+                "port %s: the outbox could not store %s from %s (%s); not ACKing: the "
+                "terminal keeps it and sends it again",
+                port,
+                type(message).__name__,
+                received.tid,
+                exc,
             )
             return False
         return True

@@ -7,7 +7,7 @@ to the same window), keeps that window full (a new publish as soon as a PUBACK f
 slot, so paho never has to queue) and drives `loop()` in its own thread until the broker
 has acknowledged every message. No outbox, no deletes: the least a QoS 1 publisher does.
 
-Usage: _bare_publisher.py --port PORT --inflight N --messages FILE
+Usage: _bare_publisher.py --port PORT --inflight N --messages FILE [--tls CA CERT KEY]
 FILE holds JSON lines {"topic": ..., "payload": ...}. Prints one JSON line of
 CLOCK_MONOTONIC times (comparable with the parent's `time.monotonic()` on Linux).
 """
@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--inflight", type=int, default=20)
     parser.add_argument("--messages", type=Path, required=True)
+    parser.add_argument(
+        "--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="mutual TLS with these files"
+    )
     args = parser.parse_args()
     messages = []
     with args.messages.open() as lines:
@@ -58,6 +61,9 @@ def main() -> int:
     client.max_queued_messages_set(0)
     client.on_connect = on_connect
     client.on_publish = on_publish
+    if args.tls:
+        ca, cert, key = args.tls
+        client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
     client.connect("127.0.0.1", args.port, keepalive=30)
     deadline = time.monotonic() + 10
     while not connected and time.monotonic() < deadline:

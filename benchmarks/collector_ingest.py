@@ -20,8 +20,15 @@ outage). The target is a collector ratio of at least 0.6 of the bare subscriber'
 `--profile` instead runs the collector's ingest loop in this process under cProfile on a
 backlog and prints where the time goes.
 
+`--tls` instead measures what mutual TLS costs (issue #14): each row runs twice on the
+same broker, interleaved, once on its plain listener and once on a mutual-TLS listener
+made by posmon's PKI (`posmon pki broker-conf`'s options, EC P-256 certificates, TLS 1.3),
+the publisher and the collector both with client certificates. It prints both collector
+rates and their ratio; the target is at least 0.9 of the plain rate.
+
     .venv/bin/python benchmarks/collector_ingest.py [--messages 20000]
         [--databases sqlite postgresql] [--modes live backlog] [--rounds 1] [--profile]
+        [--tls]
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from typing import Any
 
 from _harness import (
     Broker,
+    cpu_times,
     machine,
     quiet_logging,
     stop_process,
@@ -57,6 +65,7 @@ from _harness import (
 )
 
 BIN = Path(sys.executable).parent
+TLS_TARGET = 0.9
 POSTGRES_ADMIN_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TERMINALS = 200
 TARGET = 0.6
@@ -65,8 +74,9 @@ TARGET = 0.6
 # --- the messages -------------------------------------------------------------------------
 
 
-def make_payloads(count: int) -> list[tuple[str, bytes]]:
-    """(tid, payload) of `count` approved sales over TERMINALS terminals, unique RRNs."""
+def make_payloads(count: int, rrn_prefix: str = "") -> list[tuple[str, bytes]]:
+    """(tid, payload) of `count` approved sales over TERMINALS terminals, unique RRNs
+    (starting with `rrn_prefix`, to keep clear of RRNs a database already holds)."""
     from posmon.wire.models import TxnEvent, TxnKind
 
     now = datetime.now(UTC)
@@ -85,7 +95,7 @@ def make_payloads(count: int) -> list[tuple[str, bytes]]:
             pan_masked="622202*********0123",
             rc="00",
             approved=True,
-            rrn=f"{index:012d}",
+            rrn=f"{rrn_prefix}{index:0{12 - len(rrn_prefix)}d}",
             stan=f"{index % 1_000_000:06d}",
             batch="000001",
             terminal_time=at,
@@ -97,6 +107,53 @@ def make_payloads(count: int) -> list[tuple[str, bytes]]:
     return payloads
 
 
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How the publisher and the collector reach the broker: its plain listener, or its
+    mutual-TLS listener with a client certificate each."""
+
+    label: str
+    port: int
+    ca: Path | None = None
+    publisher: tuple[Path, Path] | None = None  # certificate, key
+    collector: tuple[Path, Path] | None = None
+    alerts: tuple[Path, Path] | None = None  # the collector's alert channel ([notify])
+
+
+def plain(broker: Broker) -> Transport:
+    return Transport("", broker.port)
+
+
+def mutual_tls(workdir: Path) -> tuple[list[str], Transport]:
+    """A PKI in `workdir`: the broker's extra configuration lines (a second listener, with
+    mutual TLS) and the transport over it."""
+    from posmon.broker.fleet import Role
+    from posmon.broker.pki import CertificateAuthority, render_broker_conf
+    from simulators.broker import free_port
+
+    ca = CertificateAuthority.init(workdir / "pki")
+    server = ca.issue_server("localhost", ["127.0.0.1"])
+    files = workdir / "broker-tls"
+    files.mkdir()
+    for source, name in (
+        (ca.ca_cert_path, "ca.crt"),
+        (ca.crl_path, "crl.pem"),
+        (server.cert_path, "server.crt"),
+        (server.key_path, "server.key"),
+    ):
+        assert source is not None
+        (files / name).write_bytes(source.read_bytes())
+    port = free_port()
+    lines = render_broker_conf(str(files), port=port, bind="127.0.0.1").splitlines()
+    pairs = []
+    for name in ("bench-publisher", "bench-collector", "bench-collector-alerts"):
+        issued = ca.issue_client(name, Role.AGENT)
+        assert issued.cert_path is not None and issued.key_path is not None
+        pairs.append((issued.cert_path, issued.key_path))
+    transport = Transport(", mTLS", port, ca.ca_cert_path, pairs[0], pairs[1], pairs[2])
+    return [line for line in lines if not line.startswith("#")], transport
+
+
 def write_messages(path: Path, prefix: str, payloads: list[tuple[str, bytes]]) -> Path:
     """The JSON lines `_bare_publisher.py` reads."""
     with path.open("w") as out:
@@ -106,18 +163,25 @@ def write_messages(path: Path, prefix: str, payloads: list[tuple[str, bytes]]) -
     return path
 
 
-def publish(broker: Broker, messages: Path, timeout: float) -> dict[str, float]:
+def publish(
+    broker: Broker, messages: Path, timeout: float, transport: Transport | None = None
+) -> dict[str, float]:
     """Run the bare publisher (window 100: the broker's own in-flight limit); its times."""
+    transport = transport or plain(broker)
+    tls = []
+    if transport.publisher is not None:
+        tls = ["--tls", str(transport.ca), *map(str, transport.publisher)]
     run = subprocess.run(
         [
             sys.executable,
             str(Path(__file__).with_name("_bare_publisher.py")),
             "--port",
-            str(broker.port),
+            str(transport.port),
             "--inflight",
             "100",
             "--messages",
             str(messages),
+            *tls,
         ],
         capture_output=True,
         text=True,
@@ -218,7 +282,11 @@ class BareSubscriber:
 
     def result(self, timeout: float) -> dict[str, float]:
         assert self.process is not None
-        out, err = self.process.communicate(timeout=timeout)
+        # Not communicate(): it reads the pipe's file descriptor, and what start()'s
+        # readline() already buffered past "ready" (the subscribe-only run's result) is lost.
+        self.process.wait(timeout=timeout)
+        assert self.process.stdout is not None and self.process.stderr is not None
+        out, err = self.process.stdout.read(), self.process.stderr.read()
         if self.process.returncode != 0:
             raise RuntimeError(f"bare subscriber failed ({self.process.returncode}): {out}{err}")
         result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
@@ -294,16 +362,34 @@ class CollectorProcess:
     """`posmon collector run` with its own configuration file and log."""
 
     def __init__(
-        self, workdir: Path, broker: Broker, prefix: str, url: str, batch_size: int
+        self,
+        workdir: Path,
+        broker: Broker,
+        prefix: str,
+        url: str,
+        batch_size: int,
+        *,
+        transport: Transport | None = None,
     ) -> None:
         name = f"bench-{uuid.uuid4().hex[:8]}"
         self.config = workdir / f"{name}.toml"
         self.log = workdir / f"{name}.log"
+        transport = transport or plain(broker)
+        tls = ""
+        if transport.collector is not None:
+            cert, key = transport.collector
+            tls = (
+                f'[mqtt.tls]\nenabled = true\nca_file = "{transport.ca}"\n'
+                f'cert_file = "{cert}"\nkey_file = "{key}"\n'
+            )
+        if transport.alerts is not None:
+            cert, key = transport.alerts
+            tls += f'[notify]\ntls_certfile = "{cert}"\ntls_keyfile = "{key}"\n'
         self.config.write_text(
             f'[collector]\nid = "{name}"\n[database]\nurl = "{url}"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "{prefix}"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {transport.port}\ntopic_prefix = "{prefix}"\n'
             "reconnect_min_s = 0.05\nreconnect_max_s = 0.2\n"
-            f"[ingest]\nbatch_size = {batch_size}\n[http]\nenabled = false\n"
+            f"{tls}[ingest]\nbatch_size = {batch_size}\n[http]\nenabled = false\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -314,6 +400,11 @@ class CollectorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def stop(self) -> None:
         code = stop_process(self.process)
@@ -367,6 +458,8 @@ class Figure:
     last: float
     publish_start: float | None = None  # same clock as first/last
     publish_rate: float | None = None
+    collector_cpu: float | None = None  # CPU seconds taking the messages in
+    broker_cpu: float | None = None  # mosquitto's, from the first publish to the last stored
 
     @property
     def rate(self) -> float:
@@ -420,24 +513,33 @@ def collector_run(
     admin_url: str,
     batch_size: int,
     timeout: float,
+    transport: Transport | None = None,
 ) -> Figure:
+    transport = transport or plain(broker)
     prefix = f"bench/{uuid.uuid4().hex[:8]}"
     messages = write_messages(workdir / f"{uuid.uuid4().hex[:8]}.jsonl", prefix, payloads)
     count = len(payloads)
     with database(kind, workdir, admin_url) as url:
         reader = Reader(url)
-        collector = CollectorProcess(workdir, broker, prefix, url, batch_size)
+        collector = CollectorProcess(workdir, broker, prefix, url, batch_size, transport=transport)
         try:
             collector.start()
             wait_subscribed(broker, prefix, reader, 30)
+            # Live: its CPU from here on. Backlog: the new process's, less what starting
+            # and subscribing took this one.
+            before = sum(cpu_times(collector.pid))
+            assert broker.process is not None
+            broker_before = sum(cpu_times(broker.process.pid))
             if mode == "backlog":
                 collector.stop()
             wall_start = datetime.now(UTC)
             mono_start = time.monotonic()
-            times = publish(broker, messages, timeout)
+            times = publish(broker, messages, timeout, transport)
             if mode == "backlog":
                 collector.start()
             wait_until(lambda: reader.count() >= count, timeout, f"{count} stored ({kind})")
+            collector_cpu = sum(cpu_times(collector.pid)) - before
+            broker_cpu = sum(cpu_times(broker.process.pid)) - broker_before
             first, last = reader.span()
             collector.stop()
         finally:
@@ -447,13 +549,15 @@ def collector_run(
     # stored_at is wall-clock time: put the publisher's start on the same clock.
     publish_start = (wall_start + timedelta(seconds=times["start"] - mono_start)).timestamp()
     return Figure(
-        f"collector, {'SQLite' if kind == 'sqlite' else 'PostgreSQL'}",
+        f"collector, {'SQLite' if kind == 'sqlite' else 'PostgreSQL'}{transport.label}",
         mode,
         count,
         first.timestamp(),
         last.timestamp(),
         publish_start if mode == "live" else None,
         count / (times["done"] - times["start"]),
+        collector_cpu,
+        broker_cpu,
     )
 
 
@@ -540,6 +644,101 @@ def spread(values: list[float]) -> str:
     return f"{middle:,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
+def tls_comparison(
+    workdir: Path,
+    broker: Broker,
+    payloads: list[tuple[str, bytes]],
+    tls: Transport,
+    args: argparse.Namespace,
+) -> int:
+    """Each (mode, database) without TLS and over mutual TLS, interleaved; the ratio."""
+    pairs: dict[tuple[str, str], list[tuple[Figure, Figure]]] = {}
+    for round_ in range(args.rounds):
+        for mode in args.modes:
+            for kind in args.databases:
+                # Turn about, so neither side always runs second on a warmer machine.
+                order = [plain(broker), tls][:: 1 if round_ % 2 == 0 else -1]
+                ran = {
+                    transport.label: collector_run(
+                        workdir,
+                        broker,
+                        payloads,
+                        mode=mode,
+                        kind=kind,
+                        admin_url=args.postgres,
+                        batch_size=args.batch_size,
+                        timeout=args.timeout,
+                        transport=transport,
+                    )
+                    for transport in order
+                }
+                pair = (ran[""], ran[tls.label])
+                pairs.setdefault((mode, kind), []).append(pair)
+                print(
+                    f"round {round_ + 1}, {mode}, {kind}: plain {pair[0].rate:,.0f}/s, "
+                    f"mTLS {pair[1].rate:,.0f}/s, ratio {pair[1].rate / pair[0].rate:.2f}",
+                    flush=True,
+                )
+    log = (broker.workdir / "mosquitto.log").read_text()
+    if "u'bench-collector'" not in log or "u'bench-publisher'" not in log:
+        raise RuntimeError("the mTLS runs did not log in with their certificates")
+    rows = []
+    met = True
+    for (mode, kind), runs in pairs.items():
+        ratio = statistics.median(tls_run.rate / plain_run.rate for plain_run, tls_run in runs)
+        met = met and ratio >= TLS_TARGET
+        per_10k = 10_000 / len(payloads)
+        rows.append(
+            [
+                f"collector, {kind} ({mode})",
+                spread([p.rate for p, _ in runs]),
+                spread([t.rate for _, t in runs]),
+                f"{ratio:.2f}",
+                "yes" if ratio >= TLS_TARGET else "NO",
+                cpu_spread([(p.collector_cpu or 0) * per_10k for p, _ in runs]),
+                cpu_spread([(t.collector_cpu or 0) * per_10k for _, t in runs]),
+                cpu_spread([(p.broker_cpu or 0) * per_10k for p, _ in runs]),
+                cpu_spread([(t.broker_cpu or 0) * per_10k for _, t in runs]),
+                spread([p.publish_rate or 0 for p, _ in runs]),
+                spread([t.publish_rate or 0 for _, t in runs]),
+            ]
+        )
+    print()
+    print(
+        table(
+            [
+                "who",
+                "plain msgs/s",
+                "mTLS msgs/s",
+                "mTLS / plain",
+                f">= {TLS_TARGET}",
+                "collector CPU plain",
+                "mTLS",
+                "mosquitto CPU plain",
+                "mTLS",
+                "publisher plain",
+                "mTLS",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nmsgs/s: first to last stored (the collector's stored_at). CPU: seconds per 10,000 "
+        "messages (collector: its process taking them in; mosquitto: from the first publish "
+        "to the last stored, the publisher's side included). mTLS: publisher and collector "
+        "with client certificates on the broker's TLS listener (TLS 1.3)."
+    )
+    print("target met" if met else "target NOT met")
+    return 0
+
+
+def cpu_spread(values: list[float]) -> str:
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:.2f}"
+    return f"{middle:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--bare-subscriber"]:
@@ -577,6 +776,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="profile the collector's ingest loop (backlog, each database) instead",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="collector over mutual TLS against the same without TLS, instead",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="per step, seconds (600)")
     args = parser.parse_args(argv)
     quiet_logging()
@@ -590,9 +794,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     figures: dict[tuple[str, str], list[Figure]] = {}
     with workspace() as workdir, ExitStack() as stack:
-        broker = Broker(workdir / "broker")
+        extra, tls = mutual_tls(workdir) if args.tls else ([], None)
+        broker = Broker(workdir / "broker", extra)
         broker.start()
         stack.callback(broker.stop)
+        if tls is not None:
+            return tls_comparison(workdir, broker, payloads, tls, args)
         if args.profile:
             for kind in args.databases:
                 profile_run(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from posmon.config import Section
 from posmon.wire.models import Cause
@@ -101,13 +102,40 @@ class NotifySection(Section):
     apprise: list[AppriseChannel] = Field(default_factory=list, description="apprise URLs.")
     retry_min_s: float = Field(1.0, gt=0, description="First retry delay of a failed delivery.")
     retry_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
+    mqtt_username: str | None = Field(
+        None,
+        description="Login of the MQTT alert channel's own connection; empty: [mqtt]'s. A "
+        "broker set up by `posmon broker provision` lets one connection per login in, so "
+        "there it is `<collector id>-alerts` (docs/security.md).",
+    )
+    mqtt_password: SecretStr | None = Field(None, description="That login's password.")
+    tls_certfile: Path | None = Field(
+        None,
+        description="Client certificate of the MQTT alert channel's own connection, needed "
+        "when [mqtt.tls] has a cert_file: over mutual TLS the certificate's name is the "
+        "login, so it is issued to `<collector id>-alerts` (`posmon pki issue-collector` "
+        "issues both). The CA is [mqtt.tls] ca_file.",
+    )
+    tls_keyfile: Path | None = Field(None, description="That certificate's private key.")
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         names = ["mqtt"] + [c.name for c in self.webhooks] + [c.name for c in self.apprise]
         if len(set(names)) != len(names):
             raise ValueError("channel names must be unique (and not 'mqtt')")
+        if self.mqtt_password is not None and self.mqtt_username is None:
+            raise ValueError("mqtt_password needs mqtt_username")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
         return self
+
+    @field_validator("tls_certfile", "tls_keyfile")
+    @classmethod
+    def _a_file(cls, path: Path | None) -> Path | None:
+        # Checked when the configuration loads, not at the first alert an hour later.
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+        return path
 
 
 def _default_sla() -> dict[str, float]:

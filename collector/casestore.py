@@ -5,6 +5,11 @@ or API calls opening a case for one transaction at once get one case, and each i
 which. A move is a compare-and-set (`UPDATE ... WHERE state = <the state it was decided
 from>`) written with its audit line in one transaction, so two people moving one case at
 once cannot both succeed from the same state.
+
+It hands out typed rows (`StoredCase`, `CaseEntry`, `CaseEvidence`: `collector.caserows`),
+never the database's mappings. `find`, `events` and `evidence_rows` keep the old mapping shape for
+simulators/demo.py alone (being changed by others during issue #21); they go once it reads
+`search`, `audit_log` and `evidence`.
 """
 
 from __future__ import annotations
@@ -15,9 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, RowMapping, select, update
 from sqlalchemy.exc import IntegrityError
 
+from collector.caserows import (
+    CaseEntry,
+    CaseEvidence,
+    Columns,
+    OutcomeStep,
+    StatusAround,
+    StoredCase,
+)
 from collector.cases import CaseError, CaseState, Move, manual
 from collector.metrics import CaseGauge
 from collector.schema import (
@@ -29,6 +42,7 @@ from collector.schema import (
     status_events,
     transactions,
 )
+from collector.store.rows import StoredSettlement, StoredTransaction
 
 OPEN_CASE_STATES = tuple(
     state.value
@@ -49,7 +63,7 @@ def mask_account(account: str) -> str:
 class Opened:
     """The case for a transaction, and whether this call opened it."""
 
-    case: dict[str, Any]
+    case: StoredCase
     created: bool
 
 
@@ -64,7 +78,7 @@ class CaseStore:
 
     def open(
         self,
-        txn: Mapping[str, Any],
+        txn: StoredTransaction,
         *,
         cause: str,
         now: datetime,
@@ -73,17 +87,18 @@ class CaseStore:
         remedy: str | None = None,
         bank_code: str | None = None,
     ) -> Opened:
-        """Open the case of a transaction (a stored `transactions` row), or find it."""
+        """Open the case of a stored transaction, or find it."""
         case_id = f"C-{uuid.uuid4().hex[:12]}"
-        amount = txn["expected_net"] if txn["expected_net"] is not None else txn["amount"]
-        row = {
+        amount = txn.expected_net if txn.expected_net is not None else txn.amount
+        # The insert's values, executed here (and read back as the case it opened).
+        row: dict[str, Any] = {
             "case_id": case_id,
-            "transaction_id": txn["id"],
-            "tid": txn["tid"],
-            "mid": txn["mid"],
-            "rrn": txn["rrn"],
+            "transaction_id": txn.id,
+            "tid": txn.tid,
+            "mid": txn.mid,
+            "rrn": txn.rrn,
             "amount": amount,
-            "currency": txn["currency"],
+            "currency": txn.currency,
             "cause": cause,
             "remedy": remedy,
             "alert_id": alert_id,
@@ -100,12 +115,12 @@ class CaseStore:
                     conn, case_id, now, actor, None, after=CaseState.OPEN, note=f"cause {cause}"
                 )
         except IntegrityError:
-            existing = self.for_transaction(int(txn["id"]))
+            existing = self.for_transaction(txn.id)
             if existing is None:  # the insert failed for another reason
                 raise
             return Opened(existing, created=False)
         empty = {column.name: None for column in cases.columns}
-        return Opened({**empty, **row}, created=True)
+        return Opened(StoredCase.from_row({**empty, **row}), created=True)
 
     def advance(
         self,
@@ -116,11 +131,11 @@ class CaseStore:
         now: datetime,
         note: str = "",
         account: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> StoredCase:
         """A person moves a case (validated by `collector.cases.manual`)."""
         case = self._must(case_id)
-        move = manual(CaseState(case["state"]), to, reason=note or None)
-        values: dict[str, Any] = {}
+        move = manual(case.state, to, reason=note or None)
+        values: dict[str, str] = {}
         if account is not None:
             values["account_masked"] = mask_account(account)
         if to is CaseState.REJECTED:
@@ -129,19 +144,22 @@ class CaseStore:
 
     def apply(
         self,
-        case: Mapping[str, Any],
+        case: StoredCase,
         move: Move,
         *,
         actor: str,
         now: datetime,
-        values: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Record a move decided from `case["state"]`; `CaseError` if the case moved meanwhile."""
-        current = case["state"]
+        values: Mapping[str, str] | None = None,
+    ) -> StoredCase:
+        """Record a move decided from `case.state`; `CaseError` if the case moved meanwhile.
+
+        `values`: other columns set with the move (a masked account, the bank's reason,
+        the re-remittance's settlement id)."""
+        current = case.state
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(cases)
-                .where(cases.c.case_id == case["case_id"], cases.c.state == current)
+                .where(cases.c.case_id == case.case_id, cases.c.state == current.value)
                 .values(
                     state=move.to.value,
                     state_since=now,
@@ -151,28 +169,30 @@ class CaseStore:
                 )
             )
             if done.rowcount != 1:
-                raise CaseError(f"case {case['case_id']} is no longer {current}; look again")
-            self._event(
-                conn, case["case_id"], now, actor, CaseState(current), after=move.to, note=move.note
-            )
-        return self._must(case["case_id"])
+                raise CaseError(f"case {case.case_id} is no longer {current.value}; look again")
+            self._event(conn, case.case_id, now, actor, current, after=move.to, note=move.note)
+        return self._must(case.case_id)
 
-    def annotate(self, case_id: str, **values: Any) -> None:
-        """Set fields that are not the state (the alert that opened it, a settlement id)."""
+    def sla_alerted(self, case_id: str, state: CaseState) -> None:
+        """Record that the SLA alert of the case's `state` has fired (once per state)."""
         with self.engine.begin() as conn:
-            conn.execute(update(cases).where(cases.c.case_id == case_id).values(**values))
+            conn.execute(
+                update(cases)
+                .where(cases.c.case_id == case_id)
+                .values(sla_breached_state=state.value)
+            )
 
     # --- reading ------------------------------------------------------------------------
 
-    def get(self, case_id: str) -> dict[str, Any] | None:
+    def get(self, case_id: str) -> StoredCase | None:
         rows = self._rows(select(cases).where(cases.c.case_id == case_id))
-        return rows[0] if rows else None
+        return StoredCase.from_row(rows[0]) if rows else None
 
-    def for_transaction(self, transaction_id: int) -> dict[str, Any] | None:
+    def for_transaction(self, transaction_id: int) -> StoredCase | None:
         rows = self._rows(select(cases).where(cases.c.transaction_id == transaction_id))
-        return rows[0] if rows else None
+        return StoredCase.from_row(rows[0]) if rows else None
 
-    def find(
+    def search(
         self,
         *,
         state: str | None = None,
@@ -180,7 +200,7 @@ class CaseStore:
         mid: str | None = None,
         cause: str | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> list[StoredCase]:
         """Cases newest first; `state` "open" means any state still being worked."""
         key = cases.c
         query = select(cases).order_by(key.opened_at.desc(), key.case_id).limit(limit)
@@ -191,11 +211,13 @@ class CaseStore:
         for column, value in ((key.tid, tid), (key.mid, mid), (key.cause, cause)):
             if value is not None:
                 query = query.where(column == value)
-        return self._rows(query)
+        return [StoredCase.from_row(row) for row in self._rows(query)]
 
-    def events(self, case_id: str) -> list[dict[str, Any]]:
+    def audit_log(self, case_id: str) -> list[CaseEntry]:
+        """A case's moves, oldest first."""
         key = case_events.c
-        return self._rows(select(case_events).where(key.case_id == case_id).order_by(key.id))
+        query = select(case_events).where(key.case_id == case_id).order_by(key.id)
+        return [CaseEntry.from_row(row) for row in self._rows(query)]
 
     def counts(self) -> dict[str, int]:
         """Cases per state."""
@@ -230,9 +252,9 @@ class CaseStore:
                 )
         return found
 
-    def past_sla(self, sla: Mapping[str, float], now: datetime) -> list[dict[str, Any]]:
+    def past_sla(self, sla: Mapping[str, float], now: datetime) -> list[StoredCase]:
         """Open cases held in a state longer than its SLA (hours), not yet alerted for it."""
-        found: list[dict[str, Any]] = []
+        found: list[StoredCase] = []
         key = cases.c
         for state, hours in sla.items():
             query = select(cases).where(
@@ -240,30 +262,28 @@ class CaseStore:
                 key.state_since <= now - timedelta(hours=hours),
                 key.sla_breached_state.is_(None),
             )
-            found.extend(self._rows(query))
+            found.extend(StoredCase.from_row(row) for row in self._rows(query))
         return found
 
-    def evidence_rows(self, case: Mapping[str, Any], window: timedelta) -> dict[str, Any]:
+    def evidence(self, case: StoredCase, window: timedelta) -> CaseEvidence:
         """What an evidence package is made of: the transaction, its settlements, the
-        terminal's status around it, and the outcome log."""
-        txn_rows = self._rows(
-            select(transactions).where(transactions.c.id == case["transaction_id"])
-        )
-        txn = txn_rows[0] if txn_rows else None
+        terminal's status within `window` of it, and the outcome log."""
+        txn_rows = self._rows(select(transactions).where(transactions.c.id == case.transaction_id))
+        txn = StoredTransaction.from_row(txn_rows[0]) if txn_rows else None
         stl = settlements.c
         settled = self._rows(
             select(settlements)
-            .where(stl.tid == case["tid"], stl.rrn == case["rrn"])
+            .where(stl.tid == case.tid, stl.rrn == case.rrn)
             .order_by(stl.received_at)
         )
-        statuses: list[dict[str, Any]] = []
+        statuses: list[RowMapping] = []
         if txn is not None:
             key = status_events.c
-            around = txn["observed_at"]
+            around = txn.observed_at
             statuses = self._rows(
                 select(status_events)
                 .where(
-                    key.tid == case["tid"],
+                    key.tid == case.tid,
                     key.observed_at >= around - window,
                     key.observed_at <= around + window,
                 )
@@ -271,14 +291,44 @@ class CaseStore:
             )
         log = self._rows(
             select(outcome_log)
-            .where(outcome_log.c.transaction_id == case["transaction_id"])
+            .where(outcome_log.c.transaction_id == case.transaction_id)
             .order_by(outcome_log.c.id)
         )
-        return {"transaction": txn, "settlements": settled, "statuses": statuses, "outcomes": log}
+        return CaseEvidence(
+            transaction=txn,
+            settlements=tuple(StoredSettlement.from_row(row) for row in settled),
+            statuses=tuple(StatusAround.from_row(row) for row in statuses),
+            outcomes=tuple(OutcomeStep.from_row(row) for row in log),
+        )
+
+    # --- the old mapping shape, for simulators/demo.py only (see the module docstring) --
+
+    def find(
+        self,
+        *,
+        state: str | None = None,
+        tid: str | None = None,
+        mid: str | None = None,
+        cause: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """`search`, each case as its columns by name."""
+        found = self.search(state=state, tid=tid, mid=mid, cause=cause, limit=limit)
+        return [case.columns() for case in found]
+
+    def events(self, case_id: str) -> list[dict[str, Any]]:
+        """`audit_log`, each line as its columns by name."""
+        key = case_events.c
+        query = select(case_events).where(key.case_id == case_id).order_by(key.id)
+        return [dict(row) for row in self._rows(query)]
+
+    def evidence_rows(self, case: Columns, window: timedelta) -> CaseEvidence:
+        """`evidence` of a case given as its columns by name."""
+        return self.evidence(StoredCase.from_row(case), window)
 
     # --- inside -------------------------------------------------------------------------
 
-    def _must(self, case_id: str) -> dict[str, Any]:
+    def _must(self, case_id: str) -> StoredCase:
         case = self.get(case_id)
         if case is None:
             raise CaseError(f"no case {case_id}")
@@ -306,6 +356,6 @@ class CaseStore:
             )
         )
 
-    def _rows(self, query: Any) -> list[dict[str, Any]]:
+    def _rows(self, query: Any) -> list[RowMapping]:
         with self.reads.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+            return list(conn.execute(query).mappings())

@@ -1,18 +1,34 @@
 """Why a settlement failed: a cause (CONTRACT §3) and the evidence behind it. Pure.
 
 The reason code decides when it names a cause. Otherwise the context does, strongest
-evidence first:
+evidence first, in the order an acquirer's own processing goes (the acquirer simulator's
+precedence: offline > batch gate > frozen merchant > bank > the sale's own fault):
 
-1. the merchant's status (frozen, licence expired, risk hold): MERCHANT_QUALIFICATION;
-2. the terminal's link around the transaction (approved offline, LINK=DOWN, a SAF
-   backlog): NETWORK, for a settlement that never came;
-3. its batch never closed, or closed unbalanced: OPERATOR, for a settlement that never came;
-4. for money not paid (failed, returned, overdue): a declared maintenance window or a
-   cluster of failures at the merchant's bank: BANK_SYSTEM;
+1. for a settlement that never came, the terminal's state when the sale was made
+   (approved offline, LINK=DOWN, a SAF backlog in its latest status): NETWORK. The host
+   never saw the sale, so nothing else about it (its merchant, its bank) can have held its
+   money back. Unless other offline sales of its batch have settlement results since
+   (credited, failed or returned): then the terminal's uploads reach the acquirer, and
+   the network explains nothing;
+2. for a settlement that never came, its batch never closed (no BAT, or only a close that
+   FAILed on the terminal): OPERATOR, when the merchant is paid out of closed batches
+   (T1): the sale was never submitted for settlement. D0 and T0 merchants are paid sale
+   by sale, without waiting for the batch: an open batch explains nothing.
+   A batch that closed UNBALANCED is closed: acquirers settle it on their own records
+   (the acquirer simulator pays it like a balanced one), so the difference is the
+   operator's to explain (BATCH_UNBALANCED, an alert of its own) but it keeps no single
+   sale's credit back; it is noted as evidence and the other rules decide;
+3. the merchant's status (frozen, licence expired, risk hold): MERCHANT_QUALIFICATION;
+4. for money not paid (failed, returned, overdue): a declared maintenance window, or a
+   bank that is in an outage without this failure (`bank_outage_threshold` other
+   failures there within the outage window before it, by when each happened):
+   BANK_SYSTEM. A failure with nothing of its own to say (no reason code naming a cause)
+   joins an outage; it never tips one over;
 5. what the outcome itself says: an amount credited other than expected was keyed wrong
    (OPERATOR); a credit sent twice is the bank's (BANK_SYSTEM); a voided transaction that
    was credited anyway was mishandled (OPERATOR); a settlement that never came although
-   the terminal was online and its batch closed is late on the bank's side (BANK_SYSTEM).
+   the terminal was online and its batch closed (for D0 and T0, whatever its batch) is
+   late on the bank's side (BANK_SYSTEM).
 
 A settlement that matches no transaction (ORPHAN) has no context: UNKNOWN, unless its
 reason code says more. Anything else is UNKNOWN. The evidence is a list of plain
@@ -53,12 +69,17 @@ class Facts:
     terminal: TerminalContext | None = None
     batch_closed: bool | None = None  # None: not known (no transaction)
     batch_result: str | None = None
+    batch_gated: bool = True  # paid out of closed batches (T1); D0 and T0 sale by sale
     bank_code: str | None = None
-    bank_failures: int = 0  # failures at the bank within the outage window
+    # The other failures at the bank within the outage window before this one (by when
+    # each happened). This failure is not counted: a failure with nothing of its own to
+    # say joins a bank outage, it does not make one.
+    bank_failures: int = 0
     bank_outage_threshold: int = 3
     maintenance: str | None = None  # the reason of a maintenance window covering the bank
     expected_net: int | None = None
     credited_net: int | None = None
+    offline_settled: int = 0  # other offline sales of its batch settled: uploads got through
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +123,34 @@ def classify(  # noqa: PLR0911 - one return per rule, in the order the docstring
     if facts.outcome is Outcome.ORPHAN:
         evidence.append("no transaction matches this settlement: nothing shows why")
         return Classification(Cause.UNKNOWN, evidence)
+    if facts.outcome in NEVER_CAME:
+        network = _network(facts)
+        if network and facts.offline_settled:
+            # Taken offline, but the terminal's uploads reach the acquirer: the batch's
+            # other offline sales have settlement results. The network does not explain it.
+            evidence.extend(network)
+            evidence.append(
+                f"{facts.offline_settled} other offline sales of its batch have settlement "
+                "results (credited or failed): the terminal's uploads reach the acquirer"
+            )
+        elif network:
+            return Classification(Cause.NETWORK, evidence + network)
+        if not facts.batch_gated:
+            pass  # D0 and T0 are paid sale by sale: the batch holds nothing back
+        elif facts.batch_closed is False:
+            evidence.append("its batch was never closed (no BAT from the terminal)")
+            return Classification(Cause.OPERATOR, evidence)
+        elif facts.batch_result == "FAIL":
+            evidence.append("its batch close FAILED on the terminal: the batch is still open")
+            return Classification(Cause.OPERATOR, evidence)
+        elif facts.batch_result == "UNBALANCED":
+            evidence.append(
+                "its batch closed UNBALANCED, which is settled on the acquirer's records: "
+                "it held no credit back"
+            )
     if facts.merchant_status != "active":
         evidence.append(f"merchant status is {facts.merchant_status}")
         return Classification(Cause.MERCHANT_QUALIFICATION, evidence)
-    if facts.outcome in NEVER_CAME:
-        network = _network(facts)
-        if network:
-            return Classification(Cause.NETWORK, evidence + network)
-        if facts.batch_closed is False:
-            evidence.append("its batch was never closed (no BAT from the terminal)")
-            return Classification(Cause.OPERATOR, evidence)
-        if facts.batch_result not in (None, "OK"):
-            evidence.append(f"its batch closed {facts.batch_result}")
-            return Classification(Cause.OPERATOR, evidence)
     # The bank's state explains money that did not come; not a wrong amount or a double
     # credit, which the outcome itself explains.
     bank = _bank(facts) if facts.outcome in NOT_PAID else []
@@ -136,12 +172,19 @@ def _by_outcome(facts: Facts, evidence: list[str]) -> Classification:
     if outcome is Outcome.REVERSED_BUT_SETTLED:
         evidence.append("credited although the terminal voided or reversed it")
         return Classification(Cause.OPERATOR, evidence)
-    if outcome in NEVER_CAME and facts.terminal is not None and facts.batch_closed:
-        evidence.append(
-            "the terminal was online with no SAF backlog and closed its batch: "
-            "the credit is late at the acquirer or bank"
-        )
-        return Classification(Cause.BANK_SYSTEM, evidence)
+    if outcome in NEVER_CAME and facts.terminal is not None:
+        if facts.batch_closed:
+            evidence.append(
+                "the terminal was online with no SAF backlog and closed its batch: "
+                "the credit is late at the acquirer or bank"
+            )
+            return Classification(Cause.BANK_SYSTEM, evidence)
+        if not facts.batch_gated:
+            evidence.append(
+                "the terminal was online with no SAF backlog, and the merchant is paid sale "
+                "by sale (D0/T0), whatever its batch: the credit is late at the acquirer or bank"
+            )
+            return Classification(Cause.BANK_SYSTEM, evidence)
     evidence.append("no evidence points to a cause")
     return Classification(Cause.UNKNOWN, evidence)
 
@@ -165,7 +208,8 @@ def _bank(facts: Facts) -> list[str]:
         found.append(f"bank {facts.bank_code} under maintenance: {facts.maintenance}")
     if facts.bank_code and facts.bank_failures >= facts.bank_outage_threshold:
         found.append(
-            f"{facts.bank_failures} failures at bank {facts.bank_code} within the outage window"
+            f"{facts.bank_failures} other failures at bank {facts.bank_code} within one "
+            "outage window: the bank is down without this one"
         )
     return found
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from datetime import datetime, time
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -52,12 +53,95 @@ class IngestSection(Section):
         pattern=r"^[A-Za-z0-9._-]{1,64}$",
         description="MQTT shared subscription group: collectors in one group split the load.",
     )
+    peer_timeout_s: float = Field(
+        15.0,
+        ge=6.0,
+        le=3600.0,
+        description=(
+            "With `shared_group`: a collector of the group not heard of for this long (its "
+            "heartbeat in the database, every 5 s) is taken for gone, and the others cover "
+            "its share (docs/scaling.md)."
+        ),
+    )
+    cover_max_h: float = Field(
+        168.0,
+        gt=0,
+        description=(
+            "With `shared_group`: how long a gone collector's share is covered; match the "
+            "broker's persistent_client_expiration (7 days in posmon's configuration)."
+        ),
+    )
     batch_size: int = Field(
         500, ge=1, le=10_000, description="Messages stored per transaction before the acks."
     )
     batch_wait_ms: int = Field(
         20, ge=0, le=5000, description="Longest a message waits for its batch to fill."
     )
+    source: Literal["mqtt", "nats"] = Field(
+        "mqtt",
+        description=(
+            "Where messages come from: `mqtt` (a subscription to [mqtt]'s broker) or `nats` "
+            "(a JetStream work queue shared by every collector, [nats]; docs/scaling.md)."
+        ),
+    )
+
+
+class NatsSection(Section):
+    """The NATS JetStream work queue collectors share when `[ingest] source = "nats"`."""
+
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        min_length=1,
+        description="NATS URLs of the cluster's nodes (nats://host:4222); the client fails over.",
+    )
+    capture: Literal["mqtt", "stream"] = Field(
+        "mqtt",
+        description=(
+            "`mqtt`: consume the stream NATS's MQTT listener stores every QoS 1 PUBLISH in "
+            "before its PUBACK ($MQTT_msgs): nothing PUBACKed is lost when a node dies. "
+            "`stream`: a work-queue stream of our own (`stream`) over posmon's subjects, for "
+            "publishers using JetStream directly: MQTT messages published while its leader "
+            "is being elected are lost (docs/scaling.md)."
+        ),
+    )
+    stream: str = Field(
+        "POSMON",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="With capture = `stream`: the stream over posmon's subjects (made if missing).",
+    )
+    consumer: str = Field(
+        "collectors",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Durable pull consumer every collector binds to: each message goes to one.",
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description=(
+            "With capture = `stream`: its replicas; unset: 3, or 1 when `servers` names fewer "
+            "than 3 nodes. (With `mqtt`, the server's `mqtt { stream_replicas }` decides.)"
+        ),
+    )
+    ack_wait_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A message fetched and not acked for this long goes to another collector.",
+    )
+    max_deliver: int = Field(
+        -1, ge=-1, description="Deliveries of one message before NATS gives up (-1: no limit)."
+    )
+    max_ack_pending: int = Field(
+        20_000, ge=1, description="Messages fetched and not yet acked, over all collectors."
+    )
+    fetch_wait_ms: int = Field(
+        200, ge=1, le=30_000, description="Longest one fetch waits for its batch to fill."
+    )
+
+    @property
+    def stream_replicas(self) -> int:
+        return self.replicas or (3 if len(self.servers) >= 3 else 1)
 
 
 MerchantStatus = Literal["active", "frozen", "licence_expired", "risk_hold", "terminated"]
@@ -109,6 +193,18 @@ class ClockSection(Section):
             if value is not None and value.tzinfo is None:
                 raise ValueError("origin and anchor need a UTC offset")
         return self
+
+
+class FleetSection(Section):
+    """The fleet registry (`posmon fleet ...`, docs/security.md): which terminals are known."""
+
+    file: Path | None = Field(
+        None,
+        description=(
+            "The fleet registry TOML. When set, a terminal that no agent in it serves is "
+            "still stored, but counted as an unknown terminal and logged once."
+        ),
+    )
 
 
 class HttpSection(Section):
@@ -177,10 +273,12 @@ class CollectorConfig(RoleSettings):
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     ingest: IngestSection = Field(default_factory=IngestSection)
+    nats: NatsSection = Field(default_factory=NatsSection)
     settlement: SettlementSection = Field(default_factory=SettlementSection)
     merchants: list[MerchantRule] = Field(default_factory=list)
     clock: ClockSection = Field(default_factory=ClockSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    fleet: FleetSection = Field(default_factory=FleetSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     cases: CasesSection = Field(default_factory=CasesSection)
@@ -191,4 +289,46 @@ class CollectorConfig(RoleSettings):
         mids = [rule.mid for rule in self.merchants]
         if len(set(mids)) != len(mids):
             raise ValueError("merchants: a merchant is listed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _nats_subjects(self) -> Self:
+        """On NATS, a topic's levels are a subject's tokens: a '.' in the prefix would
+        split a level in two (and NATS's MQTT listener writes it as '//')."""
+        prefix = self.mqtt.topic_prefix
+        if self.ingest.source == "nats" and ("." in prefix or " " in prefix):
+            raise ValueError(
+                f'mqtt.topic_prefix {prefix!r}: with [ingest] source = "nats" it may not '
+                "hold '.' or ' ' (an MQTT level is a NATS subject token)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _alert_certificate(self) -> Self:
+        """Over mutual TLS, the alert channel's connection needs a certificate of its own.
+
+        The certificate's name is the login (mosquitto's use_identity_as_username), and
+        the broker lets one connection per login in (use_username_as_clientid): under the
+        ingest's certificate, the alert channel would cut the ingest off at every connect.
+        """
+        tls, notify = self.mqtt.tls, self.notify
+        alerts = f"{self.collector.id}-alerts"
+        if notify.tls_certfile is not None and not (tls.enabled and tls.cert_file is not None):
+            raise ValueError(
+                "notify.tls_certfile: [mqtt.tls] has no client certificate (enabled and "
+                "cert_file); the alert channel connects where [mqtt] does, with its CA"
+            )
+        if tls.enabled and tls.cert_file is not None:
+            if notify.tls_certfile is None:
+                raise ValueError(
+                    f"notify.tls_certfile: [mqtt.tls] logs in with the certificate "
+                    f"{tls.cert_file}, so the MQTT alert channel needs one of its own, issued "
+                    f"to {alerts!r} (`posmon pki issue-collector {self.collector.id}` "
+                    "issues both): set tls_certfile and tls_keyfile"
+                )
+            if notify.tls_certfile.resolve() == tls.cert_file.resolve():
+                raise ValueError(
+                    f"notify.tls_certfile: {notify.tls_certfile} is [mqtt.tls]'s own "
+                    f"certificate; the alert channel needs the one issued to {alerts!r}"
+                )
         return self

@@ -16,15 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from posmon.pan import scrub
+from collector.alerts.rows import StoredAlert
+from collector.caserows import CaseEntry, CaseEvidence, Columns, StoredCase
+from posmon.money import format_money
+from posmon.pan import scrub_tree
 
 if TYPE_CHECKING:
-    from collector.alertstore import AlertStore
+    from collector.alerts import AlertStore
     from collector.casestore import CaseStore
 
 # The terminal's status this close to the transaction goes into the package.
@@ -38,6 +42,37 @@ CJK_FONTS = (
 LATIN_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
 MONEY_FIELDS = frozenset({"amount", "fee", "net_amount"})
 _CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]+")
+_CASE_FIELDS = (
+    "case_id",
+    "state",
+    "cause",
+    "remedy",
+    "amount",
+    "currency",
+    "tid",
+    "mid",
+    "rrn",
+    "bank_code",
+    "account_masked",
+    "opened_at",
+    "rejection_reason",
+    "remittance_settlement_id",
+)
+_SETTLEMENT_FIELDS = (
+    "settlement_id",
+    "kind",
+    "status",
+    "amount",
+    "fee",
+    "net_amount",
+    "currency",
+    "settled_at",
+    "reason_code",
+    "reason_text",
+    "bank_code",
+    "account_masked",
+)
+_STATUS_FIELDS = ("observed_at", "link_up", "network", "saf_pending", "serial_ok")
 _SLIP_FIELDS = (
     "tid",
     "mid",
@@ -59,6 +94,8 @@ _SLIP_FIELDS = (
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -66,106 +103,78 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _picked(row: object, names: Iterable[str]) -> dict[str, Any]:
+    """A row's fields by name, as the package's JSON shows them (built here, returned as
+    part of the package)."""
+    return {name: getattr(row, name) for name in names}
+
+
 def package(
-    case: Mapping[str, Any],
-    rows: Mapping[str, Any],
+    case: StoredCase | Columns,
+    evidence: CaseEvidence,
     *,
-    events: list[dict[str, Any]],
-    alert: Mapping[str, Any] | None,
+    events: Sequence[CaseEntry | Columns],
+    alert: StoredAlert | Columns | None,
     generated_at: datetime,
 ) -> dict[str, Any]:
-    """The evidence package as JSON-ready data (see the module docstring)."""
-    txn = rows.get("transaction")
-    slip = {key: txn[key] for key in _SLIP_FIELDS if txn is not None and key in txn}
+    """The evidence package as JSON-ready data (see the module docstring).
+
+    The case, its audit log and its alert may come as the database's mappings (as
+    simulators/demo.py still hands them); they are read as the typed rows."""
+    case = case if isinstance(case, StoredCase) else StoredCase.from_row(case)
+    log = [item if isinstance(item, CaseEntry) else CaseEntry.from_row(item) for item in events]
+    if alert is not None and not isinstance(alert, StoredAlert):
+        alert = StoredAlert.from_row(alert)
+    txn = evidence.transaction
+    slip = _picked(txn, _SLIP_FIELDS) if txn is not None else {}
+    # JSON-ready entries of the package, built and returned here.
     timeline: list[dict[str, Any]] = []
     if txn is not None:
-        timeline.append({"at": txn["terminal_time"], "what": f"{txn['kind']} at the terminal"})
-        timeline.append({"at": txn["observed_at"], "what": "reported by the agent"})
-    for item in rows.get("settlements", []):
-        reason = f" {item['reason_code']}" if item.get("reason_code") else ""
+        timeline.append({"at": txn.terminal_time, "what": f"{txn.kind.value} at the terminal"})
+        timeline.append({"at": txn.observed_at, "what": "reported by the agent"})
+    for item in evidence.settlements:
+        reason = f" {item.reason_code}" if item.reason_code else ""
         timeline.append(
             {
-                "at": item["settled_at"],
-                "what": f"settlement {item['settlement_id']}: {item['kind']} "
-                f"{item['status']}{reason}, net {item['net_amount']}",
+                "at": item.settled_at,
+                "what": f"settlement {item.settlement_id}: {item.kind.value} "
+                f"{item.status.value}{reason}, net {item.net_amount}",
             }
         )
-    for item in rows.get("outcomes", []):
-        timeline.append({"at": item["at"], "what": f"outcome {item['outcome']}"})
+    for step in evidence.outcomes:
+        timeline.append({"at": step.at, "what": f"outcome {step.outcome.value}"})
     if alert is not None:
-        timeline.append({"at": alert["started_at"], "what": f"alert {alert['type']} fired"})
-    for item in events:
-        moved = f"{item['from_state'] or '-'} -> {item['to_state']}"
-        note = f": {item['note']}" if item.get("note") else ""
-        timeline.append({"at": item["at"], "what": f"case {moved} by {item['actor']}{note}"})
-    timeline.sort(key=lambda entry: _plain(entry["at"]))
-    details = dict(alert.get("details") or {}) if alert is not None else {}
-    statuses = [
-        {
-            key: item[key]
-            for key in ("observed_at", "link_up", "network", "saf_pending", "serial_ok")
-        }
-        for item in rows.get("statuses", [])
-    ]
+        timeline.append({"at": alert.started_at, "what": f"alert {alert.type.value} fired"})
+    for entry in log:
+        before = entry.from_state.value if entry.from_state else "-"
+        moved = f"{before} -> {entry.to_state.value}"
+        note = f": {entry.note}" if entry.note else ""
+        timeline.append({"at": entry.at, "what": f"case {moved} by {entry.actor}{note}"})
+    timeline.sort(key=lambda item: _plain(item["at"]))
+    details = dict(alert.details or {}) if alert is not None else {}
     data = {
-        "case": {
-            key: case[key]
-            for key in (
-                "case_id",
-                "state",
-                "cause",
-                "remedy",
-                "amount",
-                "currency",
-                "tid",
-                "mid",
-                "rrn",
-                "bank_code",
-                "account_masked",
-                "opened_at",
-                "rejection_reason",
-                "remittance_settlement_id",
-            )
-        },
-        "cause": {"cause": case["cause"], "evidence": details.get("evidence", [])},
+        "case": _picked(case, _CASE_FIELDS),
+        "cause": {"cause": case.cause.value, "evidence": details.get("evidence", [])},
         "transaction": slip,
-        "settlements": [
-            {
-                key: item[key]
-                for key in (
-                    "settlement_id",
-                    "kind",
-                    "status",
-                    "amount",
-                    "fee",
-                    "net_amount",
-                    "currency",
-                    "settled_at",
-                    "reason_code",
-                    "reason_text",
-                    "bank_code",
-                    "account_masked",
-                )
-            }
-            for item in rows.get("settlements", [])
-        ],
-        "terminal_status": statuses,
+        "settlements": [_picked(item, _SETTLEMENT_FIELDS) for item in evidence.settlements],
+        "terminal_status": [_picked(item, _STATUS_FIELDS) for item in evidence.statuses],
         "timeline": timeline,
         "generated_at": generated_at,
     }
-    # Nothing here holds a full card number; scrub anyway, as every log line is.
-    text = json.dumps(_plain(data), ensure_ascii=False)
-    return dict(json.loads(scrub(text)))
+    # The stored free text is masked already (models and columns); this package leaves the
+    # collector, so its free text passes the scanner once more. Identifiers (mid, tid, rrn,
+    # ids) are shown as the API shows them.
+    return dict(scrub_tree(_plain(data)))
 
 
 def gather(
-    cases: CaseStore, alerts: AlertStore, case: Mapping[str, Any], generated_at: datetime
+    cases: CaseStore, alerts: AlertStore, case: StoredCase, generated_at: datetime
 ) -> dict[str, Any]:
-    """The evidence package of a stored case, read from the database."""
-    rows = cases.evidence_rows(case, STATUS_WINDOW)
-    alert = alerts.get(case["alert_id"]) if case["alert_id"] else None
-    events = cases.events(case["case_id"])
-    return package(case, rows, events=events, alert=alert, generated_at=generated_at)
+    """The evidence package of a stored case (JSON-ready data), read from the database."""
+    evidence = cases.evidence(case, STATUS_WINDOW)
+    alert = alerts.alert(case.alert_id) if case.alert_id else None
+    events = cases.audit_log(case.case_id)
+    return package(case, evidence, events=events, alert=alert, generated_at=generated_at)
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
@@ -222,9 +231,7 @@ class _Pdf:
         for key, value in values.items():
             self.pdf.cell(45, 5, self.text(key))
             if key in MONEY_FIELDS and isinstance(value, int):
-                whole, cents = divmod(abs(value), 100)
-                sign = "-" if value < 0 else ""
-                self.line(f"{sign}{whole}.{cents:02d} {currency or ''} ({value} minor units)")
+                self.line(f"{format_money(value, currency)} ({value} minor units)")
             else:
                 self.line(value)
 

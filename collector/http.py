@@ -18,7 +18,11 @@ class HttpServer:
     """uvicorn in a thread of the collector process."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        # No log_config: uvicorn's loggers go to posmon's handler (and its PAN guard), not to
+        # handlers of their own.
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", log_config=None
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 

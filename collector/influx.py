@@ -29,7 +29,8 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
 from collector.config import MetricsSection
-from collector.metrics import Sample
+from collector.samples import Sample
+from posmon.pan import IDENTIFIER_KEYS, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ class WriteError(Exception):
 def line(sample: Sample) -> str:
     """A sample as one line of line protocol (millisecond precision)."""
     point = Point(sample.measurement)
+    # Tags and text fields leave the collector here: anything but a typed identifier passes
+    # the card-number scanner (today they are identifiers and enums only).
     for key, value in sample.tags.items():
-        point.tag(key, value)
+        point.tag(key, value if key in IDENTIFIER_KEYS else scrub(value))
     for key, field in sample.fields.items():
+        if isinstance(field, str) and key not in IDENTIFIER_KEYS:
+            field = scrub(field)  # noqa: PLW2901 - the scrubbed value is the one written
         point.field(key, field)
     point.time(sample.time, WritePrecision.MS)
     text: str = point.to_line_protocol()

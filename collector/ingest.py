@@ -13,7 +13,15 @@ On PostgreSQL that commit does not wait for the disk: a second worker waits for 
 batches acked, in order, and their dead letters published. A flush that takes the disk
 half a second delays those acks, not the next batch nor the alerts.
 A payload that is not a valid contract message for its topic is dead-lettered (stored,
-published on the dead-letter topic, counted) and acked: it would never become valid.
+published on the dead-letter topic, counted) and acked: it would never become valid. So is
+a terminal's message whose payload names another terminal than its topic, or a presence
+naming another agent: a publisher may speak only for the topic the broker let it use.
+
+About 400 lines as one piece on purpose: the promise above (acked only once committed and
+on disk, in the order received) is kept by the `Ingestor`'s own state (the batch being
+stored, the batches awaiting their sync, the dead letters to publish) shared by its
+receiving thread and its two workers; split, that state would cross modules. The pure
+parts before it (topics, parsing, counting) are what `collector.jetstream` shares.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeGuard
 
 from collector.config import IngestSection
+from collector.registry import Registry
 from collector.store import IngestReport, OutcomeChange, Store, new_deadletter
 from posmon.mqtt import Message, MqttClient, MqttError, Topics
 from posmon.wire.models import (
@@ -65,6 +75,22 @@ def subscriptions(topics: Topics, shared_group: str | None) -> dict[str, type[Wi
     return {f"$share/{shared_group}/{topic}": model for topic, model in plain.items()}
 
 
+def topic_mismatch(topic: str, topics: Topics, message: WireMessage) -> str | None:
+    """Why a message does not belong on its topic's terminal or agent, or None."""
+    parts = topic.removeprefix(topics.prefix + "/").split("/")
+    if len(parts) != 3:
+        return None
+    if (
+        parts[0] == "terminals"
+        and isinstance(message, TxnEvent | StatusEvent | BatchEvent)
+        and message.tid != parts[1]
+    ):
+        return f"payload tid {message.tid} is not the topic's terminal {parts[1]}"
+    if parts[0] == "agents" and isinstance(message, PresenceEvent) and message.agent_id != parts[1]:
+        return f"payload agent_id {message.agent_id} is not the topic's agent {parts[1]}"
+    return None
+
+
 def _model_for(topic: str, topics: Topics) -> type[WireMessage] | None:
     parts = topic.removeprefix(topics.prefix + "/").split("/")
     if len(parts) == 3 and parts[0] == "terminals":
@@ -81,6 +107,40 @@ def _model_for(topic: str, topics: Topics) -> type[WireMessage] | None:
     if parts == ["deadletter"]:
         return DeadLetter
     return None
+
+
+def parse_delivery(topic: str, payload: bytes, topics: Topics, source: str) -> WireMessage:
+    """A delivered message as the contract model its topic allows, or a dead letter
+    (never raises): the one validation every ingest source (MQTT, NATS) goes through."""
+    expected = _model_for(topic, topics)
+    try:
+        if expected is None:
+            raise MessageError(f"no posmon message belongs on topic {topic}", payload)
+        parsed = parse_message(payload, expected=expected)
+        mismatch = topic_mismatch(topic, topics, parsed)
+        if mismatch is not None:
+            raise MessageError(mismatch, payload)
+        return parsed
+    except MessageError as exc:
+        logger.warning("dead letter from %s: %s", topic, exc.reason)
+        return new_deadletter(source, exc.reason, payload, topic)
+
+
+def is_new_letter(parsed: WireMessage, topic: str, topics: Topics) -> TypeGuard[DeadLetter]:
+    """True for a dead letter made here (to publish once stored), not one received on
+    the dead-letter topic."""
+    return isinstance(parsed, DeadLetter) and _model_for(topic, topics) is not DeadLetter
+
+
+def count_batch(counters: Counter[str], report: IngestReport, received: int, letters: int) -> None:
+    """Count a stored and acknowledged batch (the collector's status keys)."""
+    counters["received"] += received
+    counters["deadletters"] += letters
+    counters["batches"] += 1
+    for kind, count in report.stored.items():
+        counters[f"stored.{kind}"] += count
+    for kind, count in report.repeats.items():
+        counters[f"repeats.{kind}"] += count
 
 
 @dataclass(slots=True)
@@ -114,6 +174,7 @@ class Ingestor:
         *,
         on_changes: Callable[[list[OutcomeChange]], None] = lambda changes: None,
         source: str = "collector",
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -121,7 +182,15 @@ class Ingestor:
         self.settings = settings
         self.on_changes = on_changes  # called on the store's worker thread, at the commit
         self.source = source
+        self.registry = registry
         self.filters = list(subscriptions(topics, settings.shared_group))
+        # In a share group, the plain filters: subscribed while a peer of the group is gone,
+        # so that what the broker keeps routing to its session also comes here (`cover`).
+        self.cover_filters = list(subscriptions(topics, None)) if settings.shared_group else []
+        self.covering_for: tuple[str, ...] = ()  # the gone peers, as the heartbeat saw them
+        # Whether the cover subscription is in the broker's session (None: not known, a
+        # session this process did not make).
+        self._covered: bool | None = False
         self.counters: Counter[str] = Counter()
         self.last_lag_s: float | None = None
         self._pending: list[Message] = []
@@ -159,13 +228,48 @@ class Ingestor:
         self.client.disconnect()
 
     @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    @property
     def _busy(self) -> bool:
         return self._storing is not None or self._syncing is not None
+
+    def cover(self, peers: tuple[str, ...]) -> None:
+        """Cover the share of `peers`, collectors of the group taken for gone (none: end
+        it). mosquitto keeps giving a gone member of a share group its share, into a session
+        that waits for it; with the plain filters subscribed as well, every message comes
+        here too while it is gone. The copies that reach both are the same events, stored
+        once (repeats are counted); the session's backlog is stored when it comes back.
+        Called from the heartbeat's thread; the subscription changes on ingest's."""
+        if peers != self.covering_for:
+            if peers:
+                logger.warning(
+                    "collectors %s not heard of: covering their share of the group "
+                    "(every message comes here too)",
+                    ", ".join(peers),
+                )
+            else:
+                logger.warning("no collector of the group is gone: the cover ends")
+        self.covering_for = peers
+
+    def _apply_cover(self) -> None:
+        wanted = bool(self.covering_for)
+        if wanted == self._covered or not self.client.connected:
+            return
+        if wanted:
+            self.client.subscribe(self.cover_filters)
+        else:
+            self.client.unsubscribe(self.cover_filters)
+        self._covered = wanted
+        self.counters["cover.changes"] += 1
 
     def step(self) -> None:
         """One turn: connect if due, network I/O, take a commit and a sync that are done,
         hand on the next batch and the next sync."""
         self.client.connect_when_due()
+        if self.cover_filters:
+            self._apply_cover()
         self.client.loop(STORING_LOOP_TIMEOUT_S if self._busy else LOOP_TIMEOUT_S)
         if self._storing is not None and self._storing.stored.done():
             self._committed(self._storing)
@@ -204,12 +308,12 @@ class Ingestor:
         letters: list[DeadLetter] = []
         for message in batch:
             parsed = self._parse(message)
-            if (
-                isinstance(parsed, DeadLetter)
-                and _model_for(message.topic, self.topics) is not DeadLetter
-            ):
+            if is_new_letter(parsed, message.topic, self.topics):
                 letters.append(parsed)
             valid.append(parsed)
+        if self.registry is not None:
+            self.registry.refresh()
+            self.counters["unknown_terminal"] += self.registry.unknown(valid).total()
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-store")
         stored = self._worker.submit(self._store, valid)
@@ -305,25 +409,10 @@ class Ingestor:
                 logger.warning("dead letter %s stored, not published: %s", letter.event_id, exc)
 
     def _parse(self, message: Message) -> WireMessage:
-        expected = _model_for(message.topic, self.topics)
-        try:
-            if expected is None:
-                raise MessageError(
-                    f"no posmon message belongs on topic {message.topic}", message.payload
-                )
-            return parse_message(message.payload, expected=expected)
-        except MessageError as exc:
-            logger.warning("dead letter from %s: %s", message.topic, exc.reason)
-            return new_deadletter(self.source, exc.reason, message.payload, message.topic)
+        return parse_delivery(message.topic, message.payload, self.topics, self.source)
 
     def _count(self, report: IngestReport, batch: list[Message], letters: list[DeadLetter]) -> None:
-        self.counters["received"] += len(batch)
-        self.counters["deadletters"] += len(letters)
-        self.counters["batches"] += 1
-        for kind, count in report.stored.items():
-            self.counters[f"stored.{kind}"] += count
-        for kind, count in report.repeats.items():
-            self.counters[f"repeats.{kind}"] += count
+        count_batch(self.counters, report, len(batch), len(letters))
 
     def _received(self, message: Message) -> None:
         if not self._pending:
@@ -337,3 +426,6 @@ class Ingestor:
     def _connected(self, session_present: bool) -> None:
         self.client.subscribe(self.filters)
         logger.info("subscribed to %s", ", ".join(self.filters))
+        # A session kept by the broker may hold a cover from an earlier connection, or an
+        # earlier process: put it as it should be now.
+        self._covered = None if session_present else False

@@ -4,7 +4,8 @@ The alert engine already reads every new transaction, status, batch and settleme
 outcome (it follows those tables by id); the `Recorder` rides on that one reader through
 the engine's `on_fact` and `on_alert` hooks, and on the collector's heartbeat for its own
 health and the fleet's. It turns each into a `Sample` and gives it to a `MetricsSink`,
-whose `submit()` only queues: a slow or absent InfluxDB never slows ingest or alerts.
+whose `submit()` only queues: a slow or absent InfluxDB never slows ingest or alerts
+(both defined in `collector/samples.py`, which the sinks import instead of this module).
 `collector/influx.py` is the sink that writes to InfluxDB, the only module that talks to
 it. The measurements, their tags (kept to bounded sets) and fields are documented in
 docs/metrics.md; the dashboards in `dashboards/` query exactly these names.
@@ -19,18 +20,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from collector.alerts.rows import (
+    BatchRow,
+    FactRow,
+    OutcomeRow,
+    StatusRow,
+    StoredAlert,
+    TxnRow,
+)
 from collector.correlate import Outcome
 from collector.rules import LinkWatch
+from collector.samples import FieldValue, MetricsSink, Sample
 
 if TYPE_CHECKING:
     from collector.config import MetricsSection
 
 logger = logging.getLogger(__name__)
-
-FieldValue = int | float | bool | str
 
 # Measurement names: the dashboards and docs/metrics.md use these.
 TRANSACTIONS = "transactions"
@@ -106,28 +114,6 @@ FAILURES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    """One measured point: measurement, tags (bounded sets only), fields and time."""
-
-    measurement: str
-    tags: Mapping[str, str]
-    fields: Mapping[str, FieldValue]
-    time: datetime
-
-
-class MetricsSink(Protocol):
-    """Where samples go. `submit` never blocks and never raises."""
-
-    def start(self) -> None: ...
-
-    def submit(self, sample: Sample) -> None: ...
-
-    def counters(self) -> dict[str, int]: ...
-
-    def close(self, timeout: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
 class CaseGauge:
     """The re-remittance cases in one state with one cause, at one moment (issue 6)."""
 
@@ -142,9 +128,22 @@ class CaseGauge:
 class FleetView(Protocol):
     """What the alert engine knows of the terminals (collector.alerts.AlertEngine)."""
 
-    last_seen: dict[str, datetime]  # tid -> latest status time, the agent's wall clock
-    links: LinkWatch
-    open: set[str]  # fingerprints of the open alerts
+    @property
+    def heard(self) -> dict[str, float]:
+        """tid -> when its latest status came, on `monotonic`."""
+        ...
+
+    @property
+    def links(self) -> LinkWatch: ...
+
+    def monotonic(self) -> float:
+        """The engine's monotonic clock."""
+        ...
+
+    @property
+    def open(self) -> set[str]:
+        """Fingerprints of the open alerts."""
+        ...
 
 
 class NoMetrics:
@@ -196,53 +195,63 @@ class Recorder:
         self.clock = clock
         self.collector_id = collector_id
         self.silent_after_s = silent_after_s  # no status for this long: offline
-        self._handlers: dict[str, Callable[[dict[str, Any]], Sample | None]] = {
-            "transactions": self._transaction,
-            "status_events": self._status,
-            "batches": self._batch,
-            "outcome_log": self._outcome,
-        }
-        if isinstance(sink, NoMetrics):
-            self._handlers = {}  # nothing to build a sample of every row for
+        # No sample of every row is built for a sink that takes none.
+        self._quiet = isinstance(sink, NoMetrics)
 
     # --- hooks ----------------------------------------------------------------------------
 
-    def fact(self, table: str, row: dict[str, Any]) -> None:
+    def fact(self, table: str, row: FactRow) -> None:
         """A new row of a table the alert engine follows (its `on_fact` hook)."""
-        handler = self._handlers.get(table)
-        if handler is None:
+        if self._quiet:
             return
         try:
-            sample = handler(row)
+            sample = self._fact(row)
         except Exception:  # a row the metrics cannot read must not stop the alert engine
-            logger.exception("metrics: cannot record %s row %s", table, row.get("id"))
+            logger.exception("metrics: cannot record %s row %s", table, row.id)
             return
         if sample is not None:
             self.sink.submit(sample)
 
-    def alert(self, row: dict[str, Any]) -> None:
+    def _fact(self, row: FactRow) -> Sample | None:
+        match row:
+            case TxnRow():
+                return self._transaction(row)
+            case StatusRow():
+                return self._status(row)
+            case BatchRow():
+                return self._batch(row)
+            case OutcomeRow():
+                return self._outcome(row)
+        return None  # conflicts: no metric
+
+    def alert(self, row: StoredAlert) -> None:
         """An alert fired or resolved (the engine's `on_alert` hook): one point, also an
         annotation on the dashboards."""
         try:
             sample = self._alert(row)
         except Exception:  # as for facts: metrics never stop the alert engine
-            logger.exception("metrics: cannot record alert %s", row.get("alert_id"))
+            logger.exception("metrics: cannot record alert %s", row.alert_id)
             return
         self.sink.submit(sample)
 
-    def _alert(self, row: dict[str, Any]) -> Sample:
-        state = "resolved" if row["status"] == "resolved" else "firing"
+    def _alert(self, row: StoredAlert) -> Sample:
+        state = "resolved" if row.status == "resolved" else "firing"
         return Sample(
             ALERTS,
-            _tags(type=row["type"], severity=row["severity"], cause=row["cause"], state=state),
+            _tags(
+                type=row.type.value,
+                severity=row.severity.value,
+                cause=row.cause.value,
+                state=state,
+            ),
             _fields(
                 count=1,
-                amount_at_risk=row["amount_at_risk"],
-                alert_id=row["alert_id"],
-                summary=row["summary"],
-                tid=row["tid"],
-                mid=row["mid"],
-                bank_code=row["bank_code"],
+                amount_at_risk=row.amount_at_risk,
+                alert_id=row.alert_id,
+                summary=row.summary,
+                tid=row.tid,
+                mid=row.mid,
+                bank_code=row.bank_code,
             ),
             self.clock(),
         )
@@ -282,7 +291,11 @@ class Recorder:
                     stored=int(stored),
                     dead_letters=int(status.get("deadletters", 0)),
                     lag_s=float(status["lag_s"]) if status.get("lag_s") is not None else None,
-                    mqtt_connected=int(bool(status.get("mqtt_connected"))),
+                    # Connected to where messages come from: the broker, or with
+                    # [ingest] source = "nats" the NATS cluster (the dashboards' field).
+                    mqtt_connected=int(
+                        bool(status.get("mqtt_connected", status.get("nats_connected")))
+                    ),
                     alerts_fired=int(status.get("alerts_fired", 0)),
                     alerts_resolved=int(status.get("alerts_resolved", 0)),
                     metrics_written=counters.get("written", 0),
@@ -293,18 +306,16 @@ class Recorder:
             )
         )
         # Copies: the alert engine's thread changes these while the heartbeat reads them.
-        last_seen, links = dict(fleet.last_seen), dict(fleet.links.last)
-        wall = datetime.now(UTC)  # statuses carry the agents' wall clock
-        silent = sum(
-            1 for seen in last_seen.values() if (wall - seen).total_seconds() > self.silent_after_s
-        )
+        heard, links = dict(fleet.heard), dict(fleet.links.last)
+        elapsed = fleet.monotonic()  # liveness as the engine measures it (AlertEngine.heard)
+        silent = sum(1 for at in heard.values() if elapsed - at > self.silent_after_s)
         self.sink.submit(
             Sample(
                 FLEET,
                 {"collector": self.collector_id},
                 {
-                    "terminals": len(last_seen),
-                    "online": len(last_seen) - silent,
+                    "terminals": len(heard),
+                    "online": len(heard) - silent,
                     "offline": silent,
                     "links_down": sum(1 for link_up, _ in links.values() if not link_up),
                     "saf_pending": sum(saf for _, saf in links.values()),
@@ -316,65 +327,65 @@ class Recorder:
 
     # --- the followed tables --------------------------------------------------------------
 
-    def _transaction(self, row: dict[str, Any]) -> Sample:
-        approved = bool(row["approved"])
+    def _transaction(self, row: TxnRow) -> Sample:
+        approved = row.approved
         return Sample(
             TRANSACTIONS,
             _tags(
-                tid=row["tid"],
-                mid=row["mid"],
-                kind=row["kind"],
+                tid=row.tid,
+                mid=row.mid,
+                kind=row.kind.value,
                 approved="true" if approved else "false",
-                currency=row.get("currency"),
+                currency=row.currency,
             ),
-            {"count": 1, "amount": int(row["amount"]), "approval": int(approved)},
+            {"count": 1, "amount": int(row.amount), "approval": int(approved)},
             self.clock(),
         )
 
-    def _status(self, row: dict[str, Any]) -> Sample:
-        serial_ok = row.get("serial_ok")
+    def _status(self, row: StatusRow) -> Sample:
+        serial_ok = row.serial_ok
         return Sample(
             TERMINAL_STATUS,
-            {"tid": row["tid"]},
+            {"tid": row.tid},
             _fields(
-                link_up=int(bool(row["link_up"])),
-                saf_pending=int(row["saf_pending"]),
+                link_up=int(row.link_up),
+                saf_pending=int(row.saf_pending),
                 serial_ok=int(bool(serial_ok)) if serial_ok is not None else None,
-                rssi_dbm=row.get("rssi_dbm"),
-                host_rtt_ms=row.get("host_rtt_ms"),
-                battery=row.get("battery_pct"),
+                rssi_dbm=row.rssi_dbm,
+                host_rtt_ms=row.host_rtt_ms,
+                battery=row.battery_pct,
             ),
             self.clock(),
         )
 
-    def _batch(self, row: dict[str, Any]) -> Sample:
+    def _batch(self, row: BatchRow) -> Sample:
         return Sample(
             BATCHES,
-            _tags(tid=row["tid"], mid=row["mid"], result=row["result"]),
-            {"count": int(row["count"]), "total": int(row["total"]), "closes": 1},
+            _tags(tid=row.tid, mid=row.mid, result=row.result),
+            {"count": int(row.count), "total": int(row.total), "closes": 1},
             self.clock(),
         )
 
-    def _outcome(self, row: dict[str, Any]) -> Sample:
-        outcome = Outcome(row["outcome"])
+    def _outcome(self, row: OutcomeRow) -> Sample:
+        outcome = row.outcome
         success: int | None = None
         if outcome is Outcome.SETTLED:
             success = 1
         elif outcome in FAILURES:
             success = 0
         latency: float | None = None
-        settled_at, traded_at = row.get("settled_at"), row.get("terminal_time")
+        settled_at, traded_at = row.settled_at, row.terminal_time
         if outcome is Outcome.SETTLED and settled_at is not None and traded_at is not None:
             latency = (settled_at - traded_at).total_seconds()
         return Sample(
             SETTLEMENTS,
-            _tags(outcome=outcome.value, mid=row.get("mid"), bank_code=row.get("bank_code")),
+            _tags(outcome=outcome.value, mid=row.mid, bank_code=row.bank_code),
             _fields(
                 count=1,
                 success=success,
-                amount=row.get("amount"),
-                expected_net=row.get("expected_net"),
-                net=row.get("net_amount"),
+                amount=row.amount,
+                expected_net=row.expected_net,
+                net=row.net_amount,
                 latency_s=latency,
             ),
             self.clock(),

@@ -1,7 +1,7 @@
 """Alert delivery: the MQTT alert topics, signed webhooks, apprise (chat and e-mail).
 
 Every alert that fires or resolves is queued for every channel in the same database
-transaction that stores it (collector.alertstore). One `Dispatcher` thread per channel
+transaction that stores it (collector.alerts.store). One `Dispatcher` thread per channel
 works its channel's queue in order: a channel that is down is retried with backoff from
 the stored queue and never holds up another channel, and a collector restart carries on
 where it stopped. Delivery is at least once; each webhook request carries the
@@ -24,10 +24,10 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from collector.alertconfig import AppriseChannel, NotifySection, WebhookChannel
-from collector.alertstore import AlertStore, Queued
+from collector.alerts import AlertStore, Queued
 from posmon.mqtt import Backoff, MqttClient, MqttError, MqttSettings, Topics
 from posmon.wire.models import AlertEvent
 
@@ -240,13 +240,9 @@ class Dispatcher:
             return False
         with self._lock:
             handed, self._handed = list(self._handed), deque()
-        rows: list[dict[str, Any]]
+        rows: list[Queued]
         if handed and self._caught_up:
-            rows = [
-                {"id": q.notification_id, "payload": q.payload}
-                for q in handed
-                if q.notification_id not in self._recent_set
-            ]
+            rows = [q for q in handed if q.notification_id not in self._recent_set]
         else:
             # Anything handed over is in the stored queue too, behind what is older.
             rows = self.store.due(self.channel.name, datetime.now(UTC))
@@ -254,15 +250,15 @@ class Dispatcher:
         sent: list[int] = []
         try:
             for row in rows:
-                alert = AlertEvent.from_json(row["payload"])
+                alert = AlertEvent.from_json(row.payload)
                 try:
-                    self.channel.send(alert, row["payload"].encode(), row["id"])
+                    self.channel.send(alert, row.payload.encode(), row.notification_id)
                 except DeliveryError as exc:
                     delay = self._backoff.next_delay()
                     self.failures += 1
                     self._paused_until = time.monotonic() + delay
                     retry_at = datetime.now(UTC) + timedelta(seconds=delay)
-                    self.store.failed(row["id"], exc.reason, retry_at)
+                    self.store.failed(row.notification_id, exc.reason, retry_at)
                     self._caught_up = False
                     logger.warning(
                         "notify %s: %s; alert %s retried in %.1f s",
@@ -273,8 +269,8 @@ class Dispatcher:
                     )
                     return False
                 self._backoff.reset()
-                sent.append(row["id"])
-                self._remember(row["id"])
+                sent.append(row.notification_id)
+                self._remember(row.notification_id)
                 self.delivered += 1
                 self.on_delivered(alert)
         finally:

@@ -4,6 +4,11 @@ Every lookup the collector makes on a hot path has an index, so with ten million
 transactions stored each stays a B-tree search: by event id, by business key
 (tid, rrn, kind), by the fallback settlement key (tid, batch, stan, txn_date), by open
 deadline (outcome, deadline), and settlements by id and by unmatched key.
+
+Over 400 lines only because it is declarations: one `Table` per stored thing, column by
+column, and the column types that mask card numbers and keep times in UTC. One module on
+purpose: the migrations and every module that runs SQL share one `MetaData`, and a newcomer
+finds every table in one place (each section names the module that owns its SQL).
 """
 
 from __future__ import annotations
@@ -30,7 +35,41 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from posmon.pan import scrub, scrub_tree
+
 metadata = MetaData()
+
+
+class ScrubbedText(TypeDecorator[str]):
+    """Free text (reasons, notes, summaries): card-number-shaped runs masked on the way in.
+
+    The models already mask free text when they are built; this is the database's own
+    guard, so that a column of free text cannot take a card number from any code path.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else scrub(value)
+
+
+class ScrubbedLongText(ScrubbedText):
+    """`ScrubbedText` without a length limit (TEXT)."""
+
+    impl = Text
+    cache_ok = True
+
+
+class ScrubbedJSON(TypeDecorator[Any]):
+    """JSON holding free text (extra keys, an alert's details): every string masked on the
+    way in, except the values of typed identifiers (`posmon.pan.IDENTIFIER_KEYS`)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else scrub_tree(value)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -96,7 +135,7 @@ transactions = Table(
     Column("entry_mode", String(8)),
     Column("orig_stan", String(6)),
     Column("orig_rrn", String(12)),
-    Column("extra", JSON),
+    Column("extra", ScrubbedJSON()),
     # The expectation: what should arrive, by when, and what did.
     Column("expected_net", BigInteger),
     Column("deadline", UtcDateTime()),
@@ -143,7 +182,7 @@ settlements = Table(
     Column("stan", String(6)),
     Column("batch", String(6)),
     Column("reason_code", String(16)),
-    Column("reason_text", String(256)),
+    Column("reason_text", ScrubbedText(256)),
     Column("bank_code", String(11)),
     Column("account_masked", String(34)),
     Column("original_settlement_id", String(64)),
@@ -167,7 +206,7 @@ outcome_log = Table(
     Column("previous", String(24)),
     Column("at", UtcDateTime(), nullable=False),
     Column("collector_id", String(64), nullable=False),
-    Column("note", Text),
+    Column("note", ScrubbedLongText()),
     Index("ix_outcome_log_transaction", "transaction_id"),
 )
 
@@ -188,7 +227,7 @@ status_events = Table(
     Column("host_rtt_ms", Integer),
     Column("battery_pct", Integer),
     Column("paper", String(8)),
-    Column("firmware", String(64)),
+    Column("firmware", ScrubbedText(64)),
     Index("ix_status_events_tid_time", "tid", "observed_at"),
 )
 
@@ -216,7 +255,7 @@ presence = Table(
     Column("agent_id", String(64), primary_key=True),
     Column("state", String(8), nullable=False),
     Column("tids", JSON, nullable=False),
-    Column("version", String(32), nullable=False),
+    Column("version", ScrubbedText(32), nullable=False),
     Column("observed_at", UtcDateTime(), nullable=False),
 )
 
@@ -225,11 +264,30 @@ deadletters = Table(
     metadata,
     _id(),
     Column("event_id", String(36), nullable=False, unique=True),
-    Column("source", String(256), nullable=False),
-    Column("reason", String(1024), nullable=False),
-    Column("payload", Text, nullable=False),
-    Column("topic", String(1024)),
+    Column("source", ScrubbedText(256), nullable=False),
+    Column("reason", ScrubbedText(1024), nullable=False),
+    Column("payload", ScrubbedLongText(), nullable=False),
+    Column("topic", ScrubbedText(1024)),
     Column("observed_at", UtcDateTime(), nullable=False),
+)
+
+# A transaction whose business key (tid, rrn, kind) is held already by another event with
+# other money or another card: the first one stays, this one is kept here as evidence and
+# raises a CONFLICTING_TRANSACTION alert. (Dropping it as a repeat would let whoever
+# publishes first decide what a merchant is owed.)
+conflicts = Table(
+    "conflicts",
+    metadata,
+    _id(),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("tid", String(8), nullable=False),
+    Column("rrn", String(12), nullable=False),
+    Column("kind", String(24), nullable=False),
+    Column("first_event_id", String(36), nullable=False),
+    Column("differences", ScrubbedText(1024), nullable=False),
+    Column("payload", ScrubbedJSON(), nullable=False),
+    Column("stored_at", UtcDateTime(), nullable=False),
+    Index("ix_conflicts_key", "tid", "rrn"),
 )
 
 collectors = Table(
@@ -242,7 +300,7 @@ collectors = Table(
     Column("counters", JSON, nullable=False),
 )
 
-# --- alerts (collector/alertstore.py owns their SQL) ---------------------------------------
+# --- alerts (collector/alerts/store.py owns their SQL) --------------------------------------
 
 alerts = Table(
     "alerts",
@@ -256,10 +314,14 @@ alerts = Table(
     Column("severity", String(8), nullable=False),
     Column("status", String(16), nullable=False),  # firing, acknowledged, resolved
     Column("cause", String(32), nullable=False),
-    Column("summary", String(256), nullable=False),
+    Column("summary", ScrubbedText(256), nullable=False),
     Column("started_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("resolved_at", UtcDateTime()),
+    # When the fault happened by its own record (a settlement's settled_at, an overdue
+    # credit's deadline), not when the collector heard of it: bank outages are measured
+    # on it. NULL for conditions without such a time (a terminal offline, a spike).
+    Column("occurred_at", UtcDateTime()),
     Column("tid", String(8)),
     Column("mid", String(15)),
     Column("rrn", String(12)),
@@ -267,7 +329,7 @@ alerts = Table(
     Column("amount_at_risk", BigInteger),
     Column("currency", String(3)),
     Column("case_id", String(64)),
-    Column("details", JSON),
+    Column("details", ScrubbedJSON()),
     Column("group_id", String(64)),  # the BANK_OUTAGE alert that gathers this one
     Column("silence_id", String(64)),  # muted by this silence or maintenance window
     Column("acked_at", UtcDateTime()),
@@ -277,6 +339,7 @@ alerts = Table(
     Index("ix_alerts_status", "status", "severity"),
     Index("ix_alerts_type_time", "type", "started_at"),
     Index("ix_alerts_bank_time", "bank_code", "started_at"),
+    Index("ix_alerts_bank_occurred", "bank_code", "occurred_at"),
     Index("ix_alerts_fingerprint", "fingerprint"),
     Index("ix_alerts_group", "group_id"),
 )
@@ -289,7 +352,7 @@ alert_history = Table(
     Column("at", UtcDateTime(), nullable=False),
     Column("event", String(16), nullable=False),  # fired, updated, acknowledged, resolved ...
     Column("actor", String(64), nullable=False),
-    Column("note", Text),
+    Column("note", ScrubbedLongText()),
     Index("ix_alert_history_alert", "alert_id"),
 )
 
@@ -304,7 +367,7 @@ silences = Table(
     Column("starts_at", UtcDateTime(), nullable=False),
     Column("ends_at", UtcDateTime(), nullable=False),
     Column("maintenance", Boolean, nullable=False),  # also evidence of a BANK_SYSTEM cause
-    Column("reason", String(256), nullable=False),
+    Column("reason", ScrubbedText(256), nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_silences_ends", "ends_at"),
@@ -322,7 +385,7 @@ notifications = Table(
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("delivered_at", UtcDateTime()),
-    Column("last_error", String(512)),
+    Column("last_error", ScrubbedText(512)),
     Column("collector_id", String(64), nullable=False),
     Index(
         "ix_notifications_due",
@@ -366,7 +429,7 @@ cases = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("bank_code", String(11)),
     Column("account_masked", String(34)),  # corrected settlement account, masked
-    Column("rejection_reason", String(256)),
+    Column("rejection_reason", ScrubbedText(256)),
     Column("remittance_settlement_id", String(64)),
     Column("sla_breached_state", String(16)),  # the state whose SLA alert has fired
     Index("ix_cases_state", "state", "state_since"),
@@ -384,7 +447,7 @@ case_events = Table(
     Column("actor", String(64), nullable=False),
     Column("from_state", String(16)),
     Column("to_state", String(16), nullable=False),
-    Column("note", Text),
+    Column("note", ScrubbedLongText()),
     Index("ix_case_events_case", "case_id"),
 )
 

@@ -11,9 +11,11 @@ importing the file again skips what is already stored (by settlement id).
 A row is validated as the message it stands for: an empty cell is an absent field, and
 money must be a plain integer in minor units ("128.00" is refused, never converted). A
 bad row is reported with its line number and the column at fault, and skipped; the rest
-is imported. A byte sequence the encoding cannot decode stops the import at that line:
-every row before it is imported, and a wrong encoding would garble everything after it.
-Row text in reports has card and account numbers masked.
+is imported. A NUL character in any cell makes a bad row, whatever the column and the
+database (PostgreSQL could not store it; no door of the collector takes one). A byte
+sequence the encoding cannot decode stops the import at that line: every row before it
+is imported, and a wrong encoding would garble everything after it. Row text in reports
+has card and account numbers masked, and NUL shown as `\\x00`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _SHOWN = 300  # characters of a bad row's text in a report
 _ACCOUNT_DIGITS = re.compile(r"[0-9A-Za-z]")
 # Money as the importer accepts it: a plain integer that fits the store's 64-bit columns.
 _MONEY = re.compile(rf"-?[0-9]{{1,{_MAX_MONEY_DIGITS}}}")
+_NUL = "\x00"
 
 # Column names are the wire names (`schema`, not the attribute `schema_`).
 FIELDS: tuple[str, ...] = tuple(
@@ -294,6 +297,9 @@ def _settlement(header: tuple[str, ...], cells: list[str]) -> SettlementEvent | 
     """The row as a validated result, or the reason it is not one."""
     if len(cells) != len(header):
         return f"{len(cells)} cells where the header names {len(header)} columns"
+    if _NUL in "".join(cells):  # one look per row; the column is found only when needed
+        column = next(name for name, cell in zip(header, cells) if _NUL in cell)  # noqa: B905
+        return f"{column}: holds a NUL character (\\x00); no field may"
     # (The lengths are equal: zip without strict=True, a row costs microseconds.)
     values = {name: value for name, cell in zip(header, cells) if (value := cell.strip())}  # noqa: B905
     for name in MONEY:
@@ -339,7 +345,10 @@ def _reason(exc: ValidationError) -> str:
 
 
 def _shown(value: str) -> str:
-    return repr(scrub(value if len(value) <= 40 else value[:40] + "..."))
+    # Masked whole, then cut: cut first, a card number across the cut would be left too
+    # short to be one, its first digits shown in clear.
+    shown = scrub(value)
+    return repr(shown if len(shown) <= 40 else shown[:40] + "...")
 
 
 def _masked(header: tuple[str, ...], cells: list[str]) -> str:
@@ -349,5 +358,5 @@ def _masked(header: tuple[str, ...], cells: list[str]) -> str:
         at = header.index("account_masked")
         if not visible_digits_ok(cells[at].strip()):
             shown[at] = _ACCOUNT_DIGITS.sub("*", cells[at][:-4]) + cells[at][-4:]
-    text = scrub(",".join(shown))
+    text = scrub(",".join(shown)).replace(_NUL, "\\x00")
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."

@@ -48,7 +48,14 @@ class Terms:
     fee_fixed: int
 
     def fee(self, amount: int) -> int:
-        """The acquirer's fee in minor units: basis points rounded half up, plus the fixed part."""
+        """The acquirer's fee in minor units: basis points rounded half up, plus the fixed part.
+
+        A negative amount (a refund) has the negative of the fee its positive amount would
+        have: a refund gives back what the sale cost, fixed part included, and rounds half
+        away from zero as the sale does. The acquirer simulator (the oracle) does the same.
+        """
+        if amount < 0:
+            return -self.fee(-amount)
         return (amount * self.fee_bp + _HALF_UP) // 10_000 + self.fee_fixed
 
     def expected_net(self, amount: int) -> int:

@@ -4,18 +4,19 @@ A token is 32 random bytes (URL-safe base64 behind a `pm_` prefix, so a leaked o
 easy to grep for). Only its SHA-256 is stored: the token is shown once, when it is made.
 A presented token is hashed and looked up by that hash; the stored hash is then compared
 in constant time. The token's name is the actor recorded for what it does (an alert
-acknowledged, a case moved).
+acknowledged, a case moved). A stored role this version does not know (written by an
+older one, or by hand) grants nothing: the token is refused, with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,21 +25,54 @@ from collector.schema import api_tokens
 
 PREFIX = "pm_"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+logger = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
-    """What a token may do; each role may do everything the roles below it may."""
+    """What a token may do.
+
+    viewer, operator and admin are a ladder: each may do everything the ones below it may.
+    acquirer stands apart: it may post settlement results and nothing else, and no other
+    role may post them. A settlement marks money as arrived, so the one who acknowledges
+    alerts and closes cases (an operator) cannot also say the money came; an admin can make
+    an acquirer token, and that is recorded (`created_by`).
+    """
 
     VIEWER = "viewer"  # reads
-    OPERATOR = "operator"  # acts: acknowledges, silences, moves cases, posts settlements
+    OPERATOR = "operator"  # acts: acknowledges, silences, moves cases
     ADMIN = "admin"  # configures: manages tokens
+    ACQUIRER = "acquirer"  # the acquirer's integration: posts settlement results only
 
     @property
     def rank(self) -> int:
-        return list(Role).index(self)
+        return _LADDER.index(self) if self in _LADDER else -1
 
     def allows(self, needed: Role) -> bool:
+        if Role.ACQUIRER in (self, needed):
+            return self is needed
         return self.rank >= needed.rank
+
+    @classmethod
+    def known(cls, stored: str) -> Role | None:
+        """The role a stored value names, or None for one this version does not know."""
+        try:
+            return cls(stored)
+        except ValueError:
+            return None
+
+
+_LADDER = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as listed: never the token, nor its hash."""
+
+    name: str
+    role: str  # as stored: `Role.known` says whether this version knows it
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
 
 
 class TokenError(Exception):
@@ -97,15 +131,15 @@ class TokenStore:
         if done.rowcount != 1:
             raise TokenError(f"no live token named {name!r}")
 
-    def tokens(self, *, revoked: bool = False) -> list[dict[str, Any]]:
+    def tokens(self, *, revoked: bool = False) -> list[TokenRecord]:
         """Tokens by name (their hashes left out); the revoked ones too when asked."""
         key = api_tokens.c
         query = select(key.name, key.role, key.created_at, key.created_by, key.revoked_at)
         if not revoked:
             query = query.where(key.revoked_at.is_(None))
         with self.reads.connect() as conn:
-            rows = conn.execute(query.order_by(key.name, key.id)).mappings()
-            return [dict(row) for row in rows]
+            rows = conn.execute(query.order_by(key.name, key.id)).all()
+            return [TokenRecord(*row) for row in rows]
 
     def caller(self, token: str) -> Caller | None:
         """The live token's name and role, or None for an unknown or revoked token."""
@@ -119,4 +153,14 @@ class TokenStore:
             ).first()
         if row is None or not hmac.compare_digest(row.token_sha256, wanted):
             return None
-        return Caller(row.name, Role(row.role))
+        role = Role.known(row.role)
+        if role is None:
+            logger.warning(
+                "token %r refused: its stored role %r is not a role (%s); revoke it and "
+                "make it again",
+                row.name,
+                row.role,
+                ", ".join(Role),
+            )
+            return None
+        return Caller(row.name, role)

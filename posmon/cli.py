@@ -11,17 +11,13 @@ the options' `Annotated[...]` hints must be objects when typer reads them.
 
 import importlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 from posmon import __version__
-from posmon.config import ConfigError, Settings, load
 from posmon.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -31,27 +27,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # What click reads as a boolean in an environment variable (POSMON_LOG_JSON).
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE = frozenset({"", "0", "false", "f", "no", "n", "off"})
-
-
-def load_config_or_exit(model: type[Settings], path: Path | None) -> Settings:
-    """Load a role's configuration, or exit 2 with the file (or variable), key and problem."""
-    try:
-        return load(model, path)
-    except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (Ctrl-C): how a long-running command is ended."""
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    return stop
 
 
 def _root_app() -> "typer.Typer":
@@ -151,14 +126,17 @@ ROLE_PACKAGES = ("agent", "collector", "simulators", "dashboards", "posmon")
 # (module, Typer attribute, command name) for every role that has commands.
 ROLE_COMMANDS: list[tuple[str, str, str]] = [
     ("agent.cli", "app", "agent"),
-    ("collector.cli", "app", "collector"),
-    ("collector.cli", "settlement_app", "settlement"),
-    ("collector.cli", "alerts_app", "alerts"),
-    ("collector.cli", "cases_app", "cases"),
-    ("collector.cli", "tokens_app", "tokens"),
+    ("collector.cli.collector", "app", "collector"),
+    ("collector.cli.settlement", "settlement_app", "settlement"),
+    ("collector.cli.alerts", "alerts_app", "alerts"),
+    ("collector.cli.cases", "cases_app", "cases"),
+    ("collector.cli.tokens", "tokens_app", "tokens"),
     ("simulators.cli", "app", "simulate"),
     ("simulators.cli", "demo_app", "demo"),
     ("dashboards.cli", "app", "dashboards"),
+    ("posmon.broker.cli", "fleet_app", "fleet"),
+    ("posmon.broker.cli", "broker_app", "broker"),
+    ("posmon.broker.pki_cli", "app", "pki"),
 ]
 
 

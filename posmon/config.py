@@ -87,17 +87,22 @@ def load(model: type[Settings], path: Path | None) -> Settings:
 def _apply_environment(
     model: type[BaseModel], data: dict[str, Any], environ: Mapping[str, str]
 ) -> None:
-    """Overlay `POSMON_<SECTION>__<KEY>[__<KEY>...]` variables on the file's values.
+    """Overlay `POSMON_<SECTION>__<KEY>[__<KEY>...]` variables on the file's values, and
+    `POSMON_<SECTION>` for a whole section, as JSON: the way to give a list section such as
+    `POSMON_PORTS='[{"name": "counter-1", "url": "/dev/ttyUSB0"}]'`.
 
     Only variables whose first part names a section of `model` count (POSMON_LOG_LEVEL
     and the like belong to the command line). A value that looks like JSON (a list or an
     object) is parsed as JSON; anything else stays text for the model to convert.
     """
     for variable, value in sorted(environ.items()):
-        if not variable.startswith(ENV_PREFIX) or ENV_DELIMITER not in variable:
+        if not variable.startswith(ENV_PREFIX):
             continue
         path = variable.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
         if path[0] not in model.model_fields or not all(path):
+            continue
+        if len(path) == 1:
+            data[path[0]] = _env_value(value)  # a whole section replaces the file's
             continue
         target = data
         for part in path[:-1]:
@@ -121,10 +126,13 @@ def _describe(exc: ValidationError, where: str) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"])
-        variable = ENV_PREFIX + ENV_DELIMITER.join(
-            str(part).upper() for part in error["loc"] if not isinstance(part, int)
-        )
-        origin = f"environment {variable}" if variable in os.environ else where
+        names = [str(part).upper() for part in error["loc"] if not isinstance(part, int)]
+        # The variable that set the key: POSMON_MQTT__PORT, or a whole POSMON_PORTS.
+        variables = [
+            ENV_PREFIX + ENV_DELIMITER.join(names[:end]) for end in range(len(names), 0, -1)
+        ]
+        variable = next((name for name in variables if name in os.environ), None)
+        origin = f"environment {variable}" if variable else where
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ from posmon.mqtt import MqttSettings
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_CONF = ROOT / "deploy" / "mosquitto" / "posmon.conf"
 # Keys of the deployed configuration that a private broker sets for itself.
-_OWN_KEYS = ("listener", "persistence_location", "password_file", "allow_anonymous")
+_OWN_KEYS = (
+    "listener",
+    "persistence_location",
+    "password_file",
+    "allow_anonymous",
+    "include_dir",
+)
 
 
 class BrokerError(RuntimeError):
@@ -59,7 +66,9 @@ def mosquitto_binary() -> str | None:
 class PrivateBroker:
     """A mosquitto running posmon's broker configuration on a free port, in its own folder."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: Sequence[str] = ()) -> None:
+        """`extra`: configuration lines appended last, so they may extend the listener
+        (TLS options) or add another one."""
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -80,6 +89,7 @@ class PrivateBroker:
             # Started as root, mosquitto drops to user `mosquitto`, which cannot write this
             # folder: persistence would silently fail.
             lines.append("user root")
+        lines += extra
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 

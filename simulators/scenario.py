@@ -6,7 +6,9 @@ silent, a batch never closed, a burst of declines), the merchants' settlement te
 what the acquirer simulator gets wrong (failed and returned credits, a bank outage, a
 frozen merchant ...). `ScenarioRun` then starts, in this order:
 
-1. a broker: a private mosquitto with posmon's configuration, or the one `--broker` names;
+1. a broker: a private mosquitto with posmon's configuration, the one `--broker` names,
+   or with `--broker nats-cluster` a 3-node NATS cluster (JetStream, MQTT listeners) whose
+   nodes the agents fail over between, the collector on its JetStream work queue;
 2. the collector (in this process, SQLite in the run's folder) on the accelerated clock;
 3. the acquirer simulator (in this process) on the same clock, writing its ground truth;
 4. one pseudo-terminal per terminal and `posmon agent run` processes reading them;
@@ -30,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -41,20 +43,29 @@ from pydantic import Field, model_validator
 from posmon.config import ConfigError, RoleSettings, Section, load
 from posmon.mqtt import MqttClient, MqttSettings
 from posmon.simclock import SimClock
+from posmon.wire.codec import APPROVED_CODES
 from posmon.wire.models import Cause
 from simulators.acquirer.core import AcquirerConfig, AcquirerCore
 from simulators.acquirer.faults import FaultRates, Scenarios, parse_frozen, parse_outage
 from simulators.acquirer.files import TruthLog
 from simulators.acquirer.runner import AcquirerRunner
-from simulators.acquirer.terms import MerchantProfile, SettlementMode, SettlementTerms
+from simulators.acquirer.terms import (
+    VOID_WINDOW,
+    MerchantProfile,
+    SettlementMode,
+    SettlementTerms,
+)
 from simulators.broker import PrivateBroker
 from simulators.messages import Message
+from simulators.natscluster import NatsCluster
 from simulators.pty import PtyLink
 from simulators.stream import TrafficGenerator, TrafficProfile
 from simulators.terminal import SimulatedTerminal, TerminalConfig
 
 logger = logging.getLogger(__name__)
 
+# `--broker nats-cluster`: a 3-node NATS cluster of the run's own (docs/scaling.md).
+NATS_CLUSTER = "nats-cluster"
 SHANGHAI = "Asia/Shanghai"
 DEFAULT_MID = "898100012340001"
 
@@ -101,6 +112,9 @@ class TerminalPlan(Section):
 
     tid: str = Field(pattern=r"^[0-9A-Za-z]{8}$", description="Terminal id.")
     mid: str | None = Field(None, pattern=r"^[0-9A-Za-z]{15}$", description="Its merchant.")
+    rate: float | None = Field(
+        None, gt=0, le=50, description="Messages per second of this one; default the fleet's."
+    )
     faults: TerminalFaults = Field(default_factory=TerminalFaults)
 
 
@@ -184,6 +198,15 @@ class ScenarioFile(RoleSettings):
                 return plan
         return TerminalPlan(tid=tid)
 
+    def void_window_s(self, tid: str) -> float | None:
+        """How long the terminal's host lets it void a sale: its whole open batch (T1), or
+        only until the acquirer pays the sale out on its own (D0, T0)."""
+        mid = self.mid_of(tid)
+        spec = next((m for m in self.merchants if m.mid == mid), None)
+        if spec is None or spec.mode == "T1":
+            return None
+        return VOID_WINDOW.total_seconds()
+
     def mid_of(self, tid: str) -> str:
         plan = self.plan(tid)
         if plan.mid:
@@ -220,15 +243,32 @@ class TerminalTruth:
     tid: str
     mid: str
     at_s: float  # real seconds from the start
+    # What the terminal did that the rule needs (counted during the run), so the scorer
+    # can tell a fault the run was too short to show from one the collector missed.
+    evidence: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "alert_type": self.alert_type,
             "cause": self.cause.value,
             "tid": self.tid,
             "mid": self.mid,
             "at_s": self.at_s,
         }
+        if self.evidence:
+            found["evidence"] = self.evidence
+        return found
+
+
+_EXPECTS_MONEY = ("SALE", "PREAUTH_COMPLETION")  # what opens a batch at the collector
+
+
+def cutoff_after(moment: datetime, cutoff: clock_time, zone: ZoneInfo) -> datetime:
+    """The first cut-off after `moment` in `zone`: when the collector's BATCH_NOT_CLOSED
+    rule judges a batch whose first sale was at `moment` (`AlertEngine._cutoff_after`)."""
+    local = moment.astimezone(zone)
+    at = datetime.combine(local.date(), cutoff, zone)
+    return at if at > local else at + timedelta(days=1)
 
 
 def terminal_truth(scenario: ScenarioFile) -> list[TerminalTruth]:
@@ -260,7 +300,10 @@ class ScenarioSource:
 
     Like a shop, the terminal closes its batch every day when `hours` (local closing time
     and reopening time) begins, before the settlement cut-off, and sells nothing until it
-    ends; its traffic also closes a batch whenever one fills up.
+    ends; its traffic also closes a batch whenever one fills up. On a fast clock a
+    terminal's messages can be further apart (in virtual time) than its closing hours are
+    long: it then closes at its last message before closing time, as a shop closing early,
+    rather than miss the day's close.
     """
 
     def __init__(
@@ -278,9 +321,64 @@ class ScenarioSource:
         self.hours = hours
         self._closed_at_end = False
         self._closed_day: date | None = None
+        self._previous: datetime | None = None
+        # Evidence for the scorer (see TerminalTruth.evidence).
+        self.txns_before_spike = 0
+        self.txns_in_spike = 0
+        self.approved_sales = 0
+        # The first approved sale (or completion): elapsed real seconds and virtual time.
+        # The collector judges a batch at the cut-off after its first sale.
+        self.first_sale: tuple[float, datetime] | None = None
+        self.batch_closes = 0
+        self.link_down_first: float | None = None  # elapsed at the first LINK=DOWN sent
+        self.link_down_seen_s = 0.0  # ... to the first LINK=UP after it
+
+    def evidence(self, alert_type: str, elapsed: float) -> dict[str, float]:
+        """What this terminal did towards the alert its fault should raise."""
+        if alert_type == "DECLINE_SPIKE":
+            return {"txns_before": self.txns_before_spike, "txns_during": self.txns_in_spike}
+        if alert_type == "HOST_LINK_DOWN":
+            seen = self.link_down_seen_s
+            if self.link_down_first is not None and not seen:
+                seen = elapsed - self.link_down_first  # still down at the end
+            return {"link_down_seen_s": round(seen, 2)}
+        if alert_type == "BATCH_NOT_CLOSED":
+            return {"approved_sales": self.approved_sales}
+        if alert_type == "BATCH_UNBALANCED":
+            return {"batch_closes": self.batch_closes}
+        return {}
+
+    def _count(self, message: Message | None, t: float, now: datetime) -> Message | None:
+        if message is None:
+            return None
+        if message.type == "TXN":
+            fields = message.fields
+            approved = fields.get("RC") in APPROVED_CODES
+            if fields.get("KIND") == "SALE" and approved:
+                self.approved_sales += 1
+            if approved and fields.get("KIND") in _EXPECTS_MONEY and self.first_sale is None:
+                self.first_sale = (t, now)
+            spike = self.faults.decline_spike_from_s
+            if spike is not None:
+                if t < spike:
+                    self.txns_before_spike += 1
+                else:
+                    self.txns_in_spike += 1
+        elif message.type == "BAT":
+            self.batch_closes += 1
+        elif message.type == "STS":
+            down = message.fields.get("LINK") == "DOWN"
+            if down and self.link_down_first is None:
+                self.link_down_first = t
+            elif not down and self.link_down_first is not None and not self.link_down_seen_s:
+                self.link_down_seen_s = t - self.link_down_first
+        return message
 
     def next_message(self, now: datetime) -> Message | None:
         t = self.elapsed()
+        return self._count(self._next(now, t), t, now)
+
+    def _next(self, now: datetime, t: float) -> Message | None:
         faults = self.faults
         silent = faults.silent_after_s is not None and t >= faults.silent_after_s
         if silent or t >= self.traffic_s:
@@ -290,9 +388,9 @@ class ScenarioSource:
             if closing is not None or silent:
                 return closing
             return self.generator.status(now)
-        local = now.astimezone(self.generator.tz)
-        if self.hours is not None and self.hours[0] <= local.time() < self.hours[1]:
+        if self.hours is not None and self._closing(now):
             # Closing time: the day's batch is closed, then no sales until the cut-off.
+            local = now.astimezone(self.generator.tz)
             if self._closed_day != local.date():
                 self._closed_day = local.date()
                 closing = self.close_batch(now)
@@ -308,6 +406,21 @@ class ScenarioSource:
         if message.type == "BAT" and faults.never_close_batch:
             return self.generator.status(now)
         return message
+
+    def _closing(self, now: datetime) -> bool:
+        """Closed for the day now, or the next message would come after closing time."""
+        assert self.hours is not None
+        step = now - self._previous if self._previous is not None else None
+        self._previous = now
+        tz = self.generator.tz
+        local = now.astimezone(tz)
+        close = datetime.combine(local.date(), self.hours[0], tzinfo=tz)
+        reopen = datetime.combine(local.date(), self.hours[1], tzinfo=tz)
+        if close <= local < reopen:
+            return True
+        if self._closed_day == local.date() and local < reopen:
+            return True  # closed early today
+        return step is not None and local < close <= local + step
 
     def _close_once(self, now: datetime) -> Message | None:
         if self._closed_at_end:
@@ -354,7 +467,7 @@ class RunFiles:
         for log in logs.glob("*.log"):
             log.unlink()
         # An earlier run's broker sessions and agent outboxes would replay into this one.
-        for state in (folder / "broker", *folder.glob("agent*")):
+        for state in (folder / "broker", folder / "nats", *folder.glob("agent*")):
             shutil.rmtree(state, ignore_errors=True)
         return files
 
@@ -376,7 +489,9 @@ class ScenarioRun:
     started: float = 0.0
     acquirer: AcquirerRunner | None = None
     terminals: list[SimulatedTerminal] = field(default_factory=list)
+    sources: dict[str, ScenarioSource] = field(default_factory=dict)
     virtual_end: datetime | None = None  # the virtual time the run stopped at
+    run_s: float | None = None  # real seconds from the fleet's start to the end
 
     def run(self) -> RunFiles:
         """Start everything, run the traffic and the settle phase, stop everything."""
@@ -385,20 +500,15 @@ class ScenarioRun:
         folder = self.folder
         files = self.files = RunFiles.fresh(folder)
         scenario = self.scenario
-        broker: PrivateBroker | None = None
         stack: list[Callable[[], None]] = []
         collector_stopper: Callable[[], None] | None = None
         try:
-            if self.broker_url is None:
-                broker = PrivateBroker(folder / "broker")
-                broker.start()
-                stack.append(broker.stop)
-                mqtt = broker.settings(self.prefix)
-            else:
-                mqtt = mqtt_settings(self.broker_url, self.prefix)
+            mqtt, cluster = self._start_broker(stack)
             anchor = datetime.now(UTC)
             clock = SimClock(scenario.time.origin, scenario.time.scale, anchor)
             config = collector_config(scenario, mqtt, files.database, anchor, metrics=self.metrics)
+            if cluster is not None:  # the collector takes JetStream's work queue
+                config = on_nats(config, cluster)
             self.collector = Collector(config)
             collector_stop = threading.Event()
             collector_thread = threading.Thread(
@@ -421,6 +531,8 @@ class ScenarioRun:
             self._start_fleet(mqtt, clock, folder, stack)
             self._until_done()
             self.virtual_end = clock.now()
+            self.run_s = self.elapsed()
+            self._write_terminal_truth(files)
         finally:
             # The collector goes first: agents saying goodbye are no terminals going offline.
             if collector_stopper is not None:
@@ -432,6 +544,41 @@ class ScenarioRun:
                 except Exception:
                     logger.exception("stopping a part of the scenario failed")
         return files
+
+    def _start_broker(
+        self, stack: list[Callable[[], None]]
+    ) -> tuple[MqttSettings, NatsCluster | None]:
+        """The run's broker (its stop on `stack`): client settings, and the NATS cluster
+        when it is one."""
+        if self.broker_url == NATS_CLUSTER:
+            cluster = NatsCluster(self.folder / "nats", 3)
+            stack.append(cluster.stop)
+            cluster.start()
+            return nats_mqtt_settings(cluster, self.prefix), cluster
+        if self.broker_url is None:
+            broker = PrivateBroker(self.folder / "broker")
+            broker.start()
+            stack.append(broker.stop)
+            return broker.settings(self.prefix), None
+        return mqtt_settings(self.broker_url, self.prefix), None
+
+    def _write_terminal_truth(self, files: RunFiles) -> None:
+        """The terminal faults again, each with what its terminal did towards its alert."""
+        faults = terminal_truth(self.scenario)
+        elapsed = self.elapsed()
+        zone = ZoneInfo(self.collector.config.settlement.timezone)
+        for fault in faults:
+            source = self.sources.get(fault.tid)
+            if source is not None:
+                fault.evidence = source.evidence(fault.alert_type, elapsed)
+                if fault.alert_type == "BATCH_NOT_CLOSED" and source.first_sale is not None:
+                    # When the collector can first tell: the cut-off after the batch's first
+                    # sale (a batch opened after the day's cut-off is due at the next one).
+                    at_s, moment = source.first_sale
+                    due = cutoff_after(moment, self.scenario.acquirer.cutoff, zone)
+                    late_s = (due - moment).total_seconds() / self.scenario.time.scale
+                    fault.evidence["due_s"] = round(at_s + late_s, 2)
+        files.terminal_truth.write_text("".join(json.dumps(t.as_dict()) + "\n" for t in faults))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started if self.started else 0.0
@@ -475,7 +622,7 @@ class ScenarioRun:
         """Until the collector and the acquirer hold their subscriptions."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ingest = self.collector.ingestor.client.connected
+            ingest = self.collector.ingestor.connected
             acquirer = self.acquirer is not None and self.acquirer.client.connected
             if ingest and acquirer:
                 time.sleep(0.3)  # the SUBACKs follow the CONNACKs
@@ -521,6 +668,7 @@ class ScenarioRun:
                 decline_rate=fleet.decline_rate,
                 link_flap=0.0,  # the link goes down only where the scenario says
                 unbalanced=1.0 if plan.faults.unbalanced else 0.0,
+                void_window_s=scenario.void_window_s(tid),
             )
             generator = TrafficGenerator(tid, profile, seed=fleet.seed * 1000 + n)
             source = ScenarioSource(
@@ -530,12 +678,13 @@ class ScenarioRun:
                 self.elapsed,
                 (fleet.close_at, fleet.reopen_at) if fleet.close_at else None,
             )
+            self.sources[tid] = source
             terminal = SimulatedTerminal(
                 links[tid],
                 source,
                 TerminalConfig(
                     tid=tid,
-                    rate=fleet.rate,
+                    rate=plan.rate or fleet.rate,
                     heartbeat_interval=fleet.heartbeat_s,
                     seed=n,
                     reader_wait=30.0,
@@ -566,7 +715,7 @@ class ScenarioRun:
         config.write_text(
             f'[agent]\nid = "sim-agent-{index + 1}"\nstate_dir = "{workdir / "state"}"\n'
             f"{ports}"
-            f'[mqtt]\nhost = "{mqtt.host}"\nport = {mqtt.port}\n'
+            f'[mqtt]\nhost = "{mqtt.host}"\nport = {mqtt.port}\nhosts = {json.dumps(mqtt.hosts)}\n'
             f'topic_prefix = "{mqtt.topic_prefix}"\nreconnect_min_s = 0.2\nreconnect_max_s = 2.0\n'
         )
         posmon = Path(sys.executable).parent / "posmon"
@@ -579,6 +728,30 @@ class ScenarioRun:
             )
         finally:
             log.close()
+
+
+def on_nats(config: Any, cluster: NatsCluster) -> Any:
+    """A collector configuration taking the cluster's JetStream work queue."""
+    from collector.config import NatsSection  # noqa: PLC0415 - the collector's stack
+
+    return config.model_copy(
+        update={
+            "ingest": config.ingest.model_copy(update={"source": "nats"}),
+            "nats": NatsSection(servers=cluster.nats_urls),
+        }
+    )
+
+
+def nats_mqtt_settings(cluster: NatsCluster, prefix: str) -> MqttSettings:
+    """Client settings for every node's MQTT listener of `cluster`, in turn."""
+    return MqttSettings(
+        host="127.0.0.1",
+        port=cluster.nodes[0].mqtt_port,
+        hosts=[f"127.0.0.1:{node.mqtt_port}" for node in cluster.nodes],
+        topic_prefix=prefix,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+    )
 
 
 def mqtt_settings(url: str, prefix: str) -> MqttSettings:

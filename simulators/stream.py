@@ -3,9 +3,20 @@
 `TrafficGenerator` is seeded (`random.Random(seed)`) and is handed the time, so the same
 seed and the same times give the same messages. What it produces:
 
-- `TXN`: mostly approved SALEs; declines with the common ISO 8583 codes; VOID and REVERSAL
-  of an approved sale of the open batch and REFUND of a recent one (ORIG_STAN/ORIG_RRN
-  set); PREAUTH_COMPLETION. Amounts are integer fen, STAN increments per transaction, RRN
+- `TXN`: mostly approved SALEs; declines with the common ISO 8583 codes; PREAUTH_COMPLETION;
+  and transactions that refer to an earlier sale (ORIG_STAN/ORIG_RRN set), by the rules a
+  real terminal and its host follow:
+  - a REVERSAL (冲正) undoes the transaction just made, right after it (the terminal sends
+    one when it is unsure the host got the sale), so only the last transaction, if it was an
+    approved SALE;
+  - a VOID (撤销) cancels a sale that is not settled yet: one of the open batch (its batch is
+    settled when it closes), and with `void_window_s` set, at most that old: a D0 or T0
+    merchant's sales are paid out one by one (the acquirer simulator pays none sooner than
+    `simulators.acquirer.terms.INSTANT_HOLD` after the sale), after which the host refuses
+    the void;
+  - a REFUND (退货) gives money back for any recent sale, settled or not; the operator uses
+    one where a void is no longer possible.
+  Amounts are integer fen, STAN increments per transaction, RRN
   is `YDDDhh` + STAN, PANs are Luhn-valid and printed full unless `masked_pan`.
 - `STS`: first message after start, then now and then. The host link flaps now and then;
   while it is down sales are approved offline (RC `Y3`) and the SAF backlog grows, and
@@ -77,6 +88,7 @@ class TrafficProfile:
     decline_rate: float = 0.08
     link_flap: float = 0.1
     unbalanced: float = 0.0
+    void_window_s: float | None = None  # see the module docstring; None: the whole open batch
 
     def __post_init__(self) -> None:
         if len(self.mid) != 15 or not (self.mid.isascii() and self.mid.isalnum()):
@@ -88,6 +100,8 @@ class TrafficProfile:
         for name in ("decline_rate", "link_flap", "unbalanced"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in 0..1")
+        if self.void_window_s is not None and self.void_window_s < 0:
+            raise ValueError("void_window_s must be >= 0")
 
 
 @dataclass(slots=True)
@@ -96,6 +110,7 @@ class _Sale:
     rrn: str
     amount: int
     card: Card
+    at: datetime
     cancelled: bool = False
 
 
@@ -152,6 +167,7 @@ class TrafficGenerator:
         self._stan = rng.randint(1, 900000)
         self.batch = BatchTotals(number=rng.randint(1, 900))
         self._recent: deque[_Sale] = deque(maxlen=_RECENT_SALES)
+        self._last: _Sale | None = None  # the transaction just made, if an approved SALE
         self._cards: list[Card] = []
         self._booted = False
         self._link_held = False
@@ -206,12 +222,14 @@ class TrafficGenerator:
             },
         )
         self.batch = BatchTotals(number=batch.number % MAX_BATCH + 1)
+        self._last = None  # settled with its batch: no reversal any more
         return message
 
     # --- messages -----------------------------------------------------------------------
 
     def _status(self, now: datetime, *, flap: bool) -> Message:
         rng, device = self._rng, self._device
+        self._last = None  # a reversal comes right after its sale, or not at all
         if flap and not self._link_held:
             if device.link_up and rng.random() < self.profile.link_flap:
                 device.link_up = False
@@ -248,7 +266,7 @@ class TrafficGenerator:
     def _transaction(self, now: datetime) -> Message:
         rng, device = self._rng, self._device
         online = device.link_up
-        kind, orig = self._kind(online)
+        kind, orig = self._kind(online, now)
         card = orig.card if orig is not None else self._card()
         if orig is None:
             amount = self._amount()
@@ -280,26 +298,39 @@ class TrafficGenerator:
         if orig is not None:
             fields["ORIG_STAN"] = orig.stan
             fields["ORIG_RRN"] = orig.rrn
-        self._book(kind, rc, _Sale(stan, rrn, amount, card), orig)
+        self._book(kind, rc, _Sale(stan, rrn, amount, card, now), orig)
         return Message("TXN", fields)
 
-    def _kind(self, online: bool) -> tuple[str, _Sale | None]:
-        """The kind of the next transaction and the sale it refers to, if any."""
+    def _kind(self, online: bool, now: datetime) -> tuple[str, _Sale | None]:
+        """The kind of the next transaction and the sale it refers to, if any.
+
+        A VOID or REVERSAL that the rules (module docstring) do not allow becomes what an
+        operator does instead: a REFUND of a settled sale, or a plain SALE.
+        """
         rng = self._rng
-        if not online:
-            return "SALE", None  # offline, a terminal can only take sales
-        kind = _weighted(rng, KINDS)
-        if kind in ("VOID", "REVERSAL"):
-            # Only a sale of the open batch can be voided or reversed.
-            open_sales = [sale for sale in self.batch.sales if not sale.cancelled]
-            if open_sales:
-                return kind, rng.choice(open_sales)
-        elif kind == "REFUND":
-            if self._recent:
-                return kind, rng.choice(self._recent)
-        else:
-            return kind, None
-        return "SALE", None
+        kind = _weighted(rng, KINDS) if online else "SALE"  # offline: sales only
+        orig: _Sale | None = None
+        if kind == "REVERSAL":
+            last = self._last
+            orig = last if last is not None and self._voidable(last, now) else None
+        elif kind == "VOID":
+            voidable = [sale for sale in self.batch.sales if self._voidable(sale, now)]
+            if voidable:
+                orig = rng.choice(voidable)
+            else:
+                kind = "REFUND"
+        if kind == "REFUND" and self._recent:
+            orig = rng.choice(self._recent)
+        if kind in ("REVERSAL", "VOID", "REFUND") and orig is None:
+            return "SALE", None
+        return kind, orig
+
+    def _voidable(self, sale: _Sale, now: datetime) -> bool:
+        """A sale of the open batch the host has not settled yet."""
+        if sale.cancelled:
+            return False
+        window = self.profile.void_window_s
+        return window is None or (now - sale.at).total_seconds() <= window
 
     def _response_code(self, online: bool, orig: _Sale | None) -> str:
         rng = self._rng
@@ -315,6 +346,7 @@ class TrafficGenerator:
     def _book(self, kind: str, rc: str, sale: _Sale, orig: _Sale | None) -> None:
         """Count a transaction into the open batch (see the module docstring)."""
         self.batch.transactions += 1
+        self._last = sale if kind == "SALE" and rc in APPROVED_CODES else None
         if rc not in APPROVED_CODES:
             return
         self._device.paper_left -= 1

@@ -278,12 +278,18 @@ class Influxd:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
         for name in ("meta", "data", "wal"):
             (workdir / name).mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "influxdb.conf"
+        self._draw_ports()
+
+    def _draw_ports(self) -> None:
+        """Pick the HTTP and backup-RPC ports and write the configuration for them."""
+        workdir = self.workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.conf.write_text(
             "reporting-disabled = true\n"
             f'bind-address = "127.0.0.1:{free_port()}"\n'  # the backup RPC port
@@ -296,7 +302,12 @@ class Influxd:
         )
 
     def start(self) -> None:
-        """Start (or restart on the same port), waiting until /ping answers."""
+        """Start (or restart on the same port), waiting until /ping answers.
+
+        A free port is only free when drawn: another test's broker may bind it before
+        influxd does. The first start then draws new ports and tries again; a restart
+        keeps its port, since clients already hold the URL.
+        """
         binary = shutil.which("influxd")
         if binary is None:
             pytest.fail(
@@ -304,7 +315,21 @@ class Influxd:
                 "./scripts/test installs it)",
                 pytrace=False,
             )
-        log = (self.workdir / "influxd.log").open("ab")
+        for _ in range(5):
+            failure = self._run(binary)
+            if failure is None:
+                self.started_once = True
+                return
+            if self.started_once or "address already in use" not in failure:
+                break
+            self._draw_ports()
+        pytest.fail(f"influxd did not answer /ping on {self.port}:\n{failure}")
+
+    def _run(self, binary: str) -> str | None:
+        """Start influxd once: None when it answers /ping, else the end of its log."""
+        log_path = self.workdir / "influxd.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        log = log_path.open("ab")
         self.process = subprocess.Popen(
             [binary, "run", "-config", str(self.conf)], stdout=log, stderr=log
         )
@@ -314,12 +339,13 @@ class Influxd:
             try:
                 with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as answer:
                     if answer.status == 204:
-                        return
+                        return None
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        text = (self.workdir / "influxd.log").read_text(errors="replace")
-        pytest.fail(f"influxd did not answer /ping on {self.port}:\n{text[-2000:]}")
+        with log_path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")[-2000:]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -59,6 +59,7 @@ from simulators.acquirer.files import (
     read_truth,
 )
 from simulators.acquirer.runner import AcquirerRunner
+from simulators.acquirer.terms import INSTANT_HOLD, VOID_WINDOW
 from simulators.cli import app
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -400,6 +401,154 @@ def test_void_or_reversal_before_settlement_cancels_it() -> None:
     assert {r.rrn for r in run.faults(FaultKind.CANCELLED)} == {rrn(1), rrn(2)}
 
 
+def test_a_void_before_a_decided_late_credit_withdraws_it_and_its_truth() -> None:
+    # Void first (docs/acquirer-simulator.md): the late credit was decided on Monday
+    # morning, the void came before it went out, so nothing is paid and nothing was wrong.
+    run = Run(config(rates=FaultRates(late=1.0, offline_lost=0.0), record_normal=True))
+    run.feed(sale(rrn(1), FRIDAY), batch_close(FRIDAY + timedelta(hours=8)))
+    run.until(datetime(2026, 11, 23, 17, 59, tzinfo=SH))  # decided, not paid: it is late
+    assert run.settlements == [] and run.truth == []
+    run.feed(sale(rrn(2), datetime(2026, 11, 23, 17, 59, tzinfo=SH), kind=TxnKind.VOID,
+                  orig_rrn=rrn(1)))  # fmt: skip
+    run.until(FRIDAY + timedelta(days=10))
+    assert run.settlements == []
+    assert [(r.kind, r.rrn) for r in run.truth] == [(FaultKind.CANCELLED, rrn(1))]
+    assert run.core.queued_settlements == 0
+
+
+def test_a_void_after_the_credit_is_in_the_ground_truth_and_stops_what_follows() -> None:
+    # The credit has gone out, the return is queued: a void now is what a host refuses (a
+    # refund was due). The truth says so; the return is not sent.
+    run = Run(config(rates=FaultRates(account_returned=1.0, offline_lost=0.0),
+                     terms=terms(mode=SettlementMode.T0)))  # fmt: skip
+    run.feed(sale(rrn(1), FRIDAY))
+    run.until(FRIDAY + timedelta(hours=2))
+    assert [s.status for s in run.settlements] == [SettlementStatus.CREDITED]
+    void_at = FRIDAY + timedelta(hours=3)
+    run.feed(sale(rrn(2), void_at, kind=TxnKind.VOID, orig_rrn=rrn(1)))
+    run.until(FRIDAY + timedelta(days=3))
+    assert [s.status for s in run.settlements] == [SettlementStatus.CREDITED]
+    [record] = run.truth
+    assert (record.kind, record.cause, record.scenario, record.reason_code) == (
+        FaultKind.VOID_AFTER_CREDIT,
+        Cause.OPERATOR,
+        Scenario.LATE_VOID,
+        "O303",
+    )
+    assert record.rrn == rrn(1) and record.settled_at == void_at
+
+
+def test_a_lost_void_is_in_the_ground_truth_as_soon_as_the_credit_goes_out() -> None:
+    # The acquirer loses the void of a T1 sale that is also to be returned. The collector
+    # sees a voided sale credited (REVERSED_BUT_SETTLED) the moment the credit comes, so
+    # the truth must say so then, not with the return up to 30 h later: a run ending in
+    # between scored that alert as false (every-cause.toml in CI).
+    run = Run(config(rates=FaultRates(account_returned=1.0, void_ignored=1.0, offline_lost=0.0)))
+    run.feed(
+        sale(rrn(1), FRIDAY),
+        sale(rrn(11), FRIDAY + timedelta(minutes=5), kind=TxnKind.VOID, orig_rrn=rrn(1)),
+        batch_close(FRIDAY + timedelta(hours=8)),
+    )
+    moment = FRIDAY + timedelta(hours=8)
+    while not run.settlements:
+        moment += timedelta(minutes=1)
+        run.until(moment)
+    [credit] = run.settlements
+    assert credit.status is SettlementStatus.CREDITED
+    [record] = run.truth
+    assert (record.kind, record.cause, record.rrn) == (
+        FaultKind.VOID_IGNORED,
+        Cause.OPERATOR,
+        rrn(1),
+    )
+    assert record.settled_at == credit.settled_at and record.credited_net == credit.net_amount
+    assert record.reason_code is None
+    run.until(FRIDAY + timedelta(days=6))
+    assert [s.status for s in run.settlements] == [
+        SettlementStatus.CREDITED,
+        SettlementStatus.RETURNED,
+    ]
+    assert run.truth == [record]  # the return adds no line of its own
+
+
+def test_a_void_after_the_credits_time_finds_the_sale_paid_however_late_advance_runs() -> None:
+    # A loaded runner calls advance() seldom: the void, which arrived a day after the T0
+    # credit was due, reaches the core before the core was asked for that credit. It is
+    # still a void after the credit: the credit goes out and the truth says VOID_AFTER_CREDIT
+    # (it used to withdraw a credit dated before the void, and tell nothing).
+    run = Run(config(terms=terms(mode=SettlementMode.T0)))
+    run.feed(sale(rrn(1), FRIDAY))
+    void_at = FRIDAY + timedelta(days=1)
+    run.core.receive(sale(rrn(2), void_at, kind=TxnKind.VOID, orig_rrn=rrn(1)), void_at)
+    run.until(FRIDAY + timedelta(days=3))
+    [credit] = run.settlements
+    assert credit.status is SettlementStatus.CREDITED and credit.settled_at < void_at
+    [record] = run.truth
+    assert (record.kind, record.rrn, record.settled_at) == (
+        FaultKind.VOID_AFTER_CREDIT,
+        rrn(1),
+        void_at,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_what_the_acquirer_does_does_not_depend_on_how_often_advance_runs(seed: int) -> None:
+    # The runner advances the core after each network turn: every 20 ms on a quiet
+    # machine, every few seconds (hours of virtual time at 3600x) on a loaded one. The same
+    # events at the same virtual times must give the same settlements and the same truth.
+    merchants = (
+        merchant(MID, SettlementMode.T1),
+        merchant(MID2, SettlementMode.D0),
+        merchant("898100012340003", SettlementMode.T0),
+    )
+    mids = [profile.mid for profile in merchants]
+    the_config = config(rates=FaultRates.demo(), merchants=merchants)
+    events: list[TxnEvent | BatchEvent] = []
+    for n in range(240):
+        at = FRIDAY + timedelta(minutes=7 * n)
+        events.append(sale(rrn(n), at, mid=mids[n % 3], batch="000042"))
+        if n % 4 == 3:  # voids at every age: before the credit, around it, long after
+            age = timedelta(minutes=(n * 37) % 900)
+            events.append(
+                sale(rrn(1000 + n), at + age, kind=TxnKind.VOID, orig_rrn=rrn(n - 3 * (n % 2)))
+            )
+    events.append(batch_close(FRIDAY + timedelta(hours=30)))
+    events.sort(key=lambda event: event.terminal_time)
+
+    def played(every: timedelta) -> tuple[list[str], list[str]]:
+        core = AcquirerCore(the_config, seed=seed)
+        settlements: list[SettlementEvent] = []
+        truth: list[TruthRecord] = []
+        moment, pending = FRIDAY, list(events)
+        while moment < FRIDAY + timedelta(days=8):
+            while pending and pending[0].terminal_time <= moment:
+                event = pending.pop(0)
+                core.receive(event, event.terminal_time)
+            step = core.advance(moment)
+            settlements += step.settlements
+            truth += step.truth
+            moment += every
+        return sorted(s.to_json().decode() for s in settlements), sorted(
+            r.to_json_line() for r in truth
+        )
+
+    quiet, loaded = played(timedelta(minutes=1)), played(timedelta(hours=3))
+    assert quiet == loaded
+    assert any('"VOID_AFTER_CREDIT"' in line for line in quiet[1])
+
+
+@pytest.mark.parametrize("mode", [SettlementMode.D0, SettlementMode.T0])
+def test_instant_settlement_waits_the_void_window_before_paying(mode: SettlementMode) -> None:
+    run = Run(config(terms=terms(mode=mode)), seed=3)
+    for n in range(200):
+        run.feed(sale(rrn(n), FRIDAY + timedelta(minutes=n)))
+    run.until(FRIDAY + timedelta(days=2))
+    sold = {rrn(n): FRIDAY + timedelta(minutes=n) for n in range(200)}
+    waits = [s.settled_at - sold[s.rrn] for s in run.settlements]
+    assert len(waits) == 200
+    assert min(waits) >= INSTANT_HOLD - timedelta(seconds=1) > VOID_WINDOW
+
+
 def test_a_void_that_arrives_before_its_sale_still_cancels_it() -> None:
     run = Run(config(terms=terms(mode=SettlementMode.T0)))
     run.feed(sale(rrn(11), FRIDAY, kind=TxnKind.VOID, orig_rrn=rrn(1)), sale(rrn(1), FRIDAY))
@@ -682,6 +831,8 @@ def test_every_cause_shows_up_in_the_ground_truth() -> None:
         run.feed(sale(rrn(n), void_at, kind=TxnKind.VOID, orig_rrn=rrn(n - 400)))
     run.feed(sale(rrn(998), FRIDAY + timedelta(hours=1), batch="000099"))  # never closed
     run.feed(batch_close(FRIDAY + timedelta(hours=8)))
+    run.until(FRIDAY + timedelta(days=5))  # credited on Monday; then voided all the same
+    run.feed(sale(rrn(997), FRIDAY + timedelta(days=5), kind=TxnKind.VOID, orig_rrn=rrn(300)))
     run.until(FRIDAY + timedelta(days=10))
     assert {r.cause for r in run.truth} == set(Cause)
     assert {r.kind for r in run.truth} >= set(FaultKind) - {
@@ -869,3 +1020,18 @@ def test_the_cli_runs_for_a_while_and_prints_a_summary(
     assert {line["kind"] for line in lines} == {"BANK_OUTAGE", "MERCHANT_FROZEN"}
     bad = CliRunner().invoke(app, ["acquirer", "--merchant", "nonsense"])
     assert bad.exit_code != 0
+
+
+def test_every_rate_its_option_and_every_truth_kind_are_documented() -> None:
+    # docs/acquirer-simulator.md is where a user looks for them (void_ignored and
+    # VOID_IGNORED were missing from it).
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "acquirer-simulator.md").read_text()
+    help_text = CliRunner().invoke(app, ["acquirer", "--help"], terminal_width=200).output
+    for name in FaultRates.__dataclass_fields__:
+        option = "--" + name.replace("_", "-")
+        assert f"| `{name}` |" in docs, name
+        assert option in docs and option in help_text, option
+    for kind in FaultKind:
+        assert f"`{kind.value}`" in docs, kind
+    for scenario in Scenario:
+        assert f"`{scenario.value}`" in docs, scenario

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, OutboxSection
 from posmon.cli import AgentRun, _agent_run_options
 from posmon.config import ConfigError, load
 
@@ -70,6 +72,38 @@ def test_environment_overrides_the_file_and_is_named_when_wrong(
     assert "environment POSMON_MQTT__PORT: mqtt.port:" in str(error.value)
 
 
+def test_posmon_ports_replaces_the_files_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/agent.md: "the port list, being a list, takes JSON: POSMON_PORTS='[...]'".
+    path = tmp_path / "agent.toml"
+    path.write_text('[[ports]]\nname = "from-file"\nurl = "/dev/ttyUSB9"\n')
+    monkeypatch.setenv("POSMON_PORTS", '[{"name": "counter-1", "url": "/dev/ttyUSB0"}]')
+    ports = load(AgentConfig, path).ports
+    assert [(p.name, p.url) for p in ports] == [("counter-1", "/dev/ttyUSB0")]
+    monkeypatch.setenv("POSMON_PORTS", '[{"name": "counter-1", "url": "x", "baudrate": 1}]')
+    with pytest.raises(ConfigError) as error:
+        load(AgentConfig, path)
+    assert "environment POSMON_PORTS: ports.0.baudrate:" in str(error.value)
+
+
+def test_agent_run_and_doctor_read_posmon_ports(tmp_path: Path) -> None:
+    # Both commands take their ports from the environment when it names them.
+    environ = {
+        **os.environ,
+        "POSMON_PORTS": json.dumps([{"name": "env-port", "url": str(tmp_path / "ttyNONE")}]),
+        "POSMON_AGENT__STATE_DIR": str(tmp_path / "state"),
+        "POSMON_MQTT__PORT": "1",
+    }
+    doctor = posmon("agent", "doctor", "--listen-seconds", "0.1", env=environ)
+    assert "env-port" in doctor.stdout + doctor.stderr, doctor.stdout
+    assert "Listening to 1 port(s)" in doctor.stderr
+    bad = {**environ, "POSMON_PORTS": '[{"name": "env-port", "url": "x", "baudrate": 7}]'}
+    run = posmon("agent", "run", env=bad)
+    assert run.returncode == 2
+    assert "environment POSMON_PORTS: ports.0.baudrate:" in run.stderr
+
+
 def test_broken_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[mqtt\nhost = 1\n")
@@ -87,6 +121,16 @@ def test_agent_run_with_a_bad_file_exits_2_naming_key_and_file(tmp_path: Path) -
     assert f"{path}: outbox.max_events: Input should be greater than or equal to 100" in (
         result.stderr
     )
+
+
+def test_the_outbox_minimum_is_where_a_technician_reads() -> None:
+    # The model refuses fewer than 100 events; the example file and docs/agent.md say so.
+    metadata = OutboxSection.model_fields["max_events"].metadata
+    floor = next(item.ge for item in metadata if hasattr(item, "ge"))
+    example = posmon("agent", "config-example").stdout
+    assert f"# Capacity, at least {floor} events" in example
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "agent.md").read_text()
+    assert f"`outbox.max_events` events (default 200,000; at least {floor}" in docs
 
 
 @pytest.mark.parametrize(

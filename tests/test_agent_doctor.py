@@ -15,11 +15,13 @@ import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Broker, wait_until
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner, Result
 
 from agent.cli import app
@@ -29,12 +31,15 @@ from agent.doctor import (
     Check,
     Status,
     check_broker,
+    check_certificate,
     check_outbox,
     check_ports,
     permission_advice,
 )
 from agent.outbox import Outbox, Priority
-from posmon.mqtt import MqttSettings
+from posmon.broker.fleet import Role
+from posmon.broker.pki import CertificateAuthority, Issued
+from posmon.mqtt import MqttSettings, TlsSettings
 from posmon.serialport import open_port
 from posmon.wire.codec import encode_record
 from simulators.broker import free_port
@@ -411,3 +416,128 @@ def test_refused_login_shows_the_brokers_reason(tmp_path: Path) -> None:
     assert checks["broker login"].status is Status.FAIL
     assert checks["broker login"].detail == "broker refused the connection: Not authorized"
     assert checks["broker publish"].status is Status.SKIP
+
+
+# --- the client certificate (mutual TLS) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority.init(tmp_path_factory.mktemp("pki") / "ca")
+
+
+def client_tls(issued: Issued, *, key: Path | None = None) -> TlsSettings:
+    return TlsSettings(
+        enabled=True,
+        ca_file=issued.cert_path.parent.parent / "ca.crt" if issued.cert_path else None,
+        cert_file=issued.cert_path,
+        key_file=key or issued.key_path,
+    )
+
+
+def certificate_check(tls: TlsSettings, **options: Any) -> Check:
+    (check,) = check_certificate(tls, AGENT, **options)
+    assert check.name == "tls certificate" and check.target == str(tls.cert_file)
+    return check
+
+
+def test_certificate_valid_for_long_is_ok(ca: CertificateAuthority) -> None:
+    check = certificate_check(client_tls(ca.issue_client(AGENT, Role.AGENT, replace=True)))
+
+    assert check.status is Status.OK
+    assert check.detail.startswith(f"{AGENT}, valid until ")
+    assert check.detail.endswith(" left), key matches")
+
+
+@pytest.mark.parametrize(
+    ("now", "status", "detail", "hint"),
+    [
+        (timedelta(days=360), Status.OK, "37 days left", ""),
+        (timedelta(days=390), Status.WARN, "7 days left", "posmon pki issue-agent"),
+        (timedelta(days=398), Status.FAIL, "expired", "posmon pki issue-agent"),
+        (timedelta(days=-1), Status.FAIL, "not valid before", "clock"),
+    ],
+)
+def test_certificate_dates_warn_within_30_days_and_fail_outside(
+    ca: CertificateAuthority, now: timedelta, status: Status, detail: str, hint: str
+) -> None:
+    issued = ca.issue_client(AGENT, Role.AGENT, replace=True)
+    # `now` counts from the start of its validity; a 397-day certificate.
+    check = certificate_check(client_tls(issued), now=issued.not_before + now, warn_days=30)
+
+    assert check.status is status, check
+    assert detail in check.detail
+    assert hint in check.hint
+
+
+def test_certificate_with_another_key_fails(ca: CertificateAuthority) -> None:
+    mine = ca.issue_client(AGENT, Role.AGENT, replace=True)
+    other = ca.issue_client("shop-other", Role.AGENT, replace=True)
+
+    check = certificate_check(client_tls(mine, key=other.key_path))
+
+    assert check.status is Status.FAIL
+    assert check.detail == f"the key {other.key_path} is not this certificate's key"
+
+
+def test_certificate_of_another_agent_warns(ca: CertificateAuthority) -> None:
+    check = certificate_check(client_tls(ca.issue_client("shop-999", Role.AGENT, replace=True)))
+
+    assert check.status is Status.WARN
+    assert f"issued to shop-999, not to this agent ({AGENT})" in check.detail
+
+
+def test_certificate_files_unreadable_or_wrong_fail(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    issued = ca.issue_client(AGENT, Role.AGENT, replace=True)
+    assert issued.cert_path is not None and issued.key_path is not None
+    missing = tmp_path / "missing.crt"
+    not_pem = tmp_path / "garbage.crt"
+    not_pem.write_text("hello\n")
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(issued.key_path.read_bytes(), None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    cases = {
+        "cannot read it: No such file or directory": (missing, issued.key_path),
+        "not a PEM certificate": (not_pem, issued.key_path),
+        f"the key {encrypted} is encrypted": (issued.cert_path, encrypted),
+        f"{not_pem} is not a PEM private key": (issued.cert_path, not_pem),
+    }
+    for expected, (cert_file, key_file) in cases.items():
+        tls = TlsSettings(enabled=True, cert_file=cert_file, key_file=key_file)
+        check = certificate_check(tls)
+        assert check.status is Status.FAIL and expected in check.detail, check
+
+
+def test_no_client_certificate_no_line() -> None:
+    assert check_certificate(TlsSettings(), AGENT) == []
+    assert check_certificate(TlsSettings(enabled=True), AGENT) == []
+
+
+def test_doctor_shows_an_expiring_certificate_as_a_warning(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    """WARN does not fail the doctor (exit 0), and the verdict line names it."""
+    issued = ca.issue_client(
+        AGENT, Role.AGENT, replace=True, not_before=datetime.now(UTC) - timedelta(days=390)
+    )
+    config = write_config(
+        tmp_path,
+        url="loop://",
+        mqtt_port=free_port(),
+        extra=f'[mqtt.tls]\nenabled = true\ncert_file = "{issued.cert_path}"\n'
+        f'key_file = "{issued.key_path}"\n',
+    )
+    result = doctor(config, listen_s=0.1)
+
+    row = next(line for line in result.stdout.splitlines() if "tls certificate" in line)
+    assert "WARN" in row and f"{AGENT}, valid until" in row
+    assert "WARN: tls certificate" in result.stdout
+    assert "PRIVATE KEY" not in result.stdout

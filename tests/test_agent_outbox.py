@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,4 +87,48 @@ def test_refused_put_leaves_the_last_frame_memory_untouched(tmp_path: Path) -> N
         outbox.put("t", b"y", Priority.KEEP, LastFrame("10000001", 999, b"e"))
     # The frame was not kept, so its resend must not look like a repeat after a restart.
     assert outbox.last_frames() == [LastFrame("10000001", 99, b"d")]
+    outbox.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (root mounts it; without root the test says so and skips)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_disk_refuses_the_event_with_its_own_error_and_keeps_the_rest(
+    small_disk: Path,
+) -> None:
+    # SQLite rolls a transaction back itself when a write finds the disk full; the outbox
+    # must not try again and hide the real error ("cannot rollback - no transaction is
+    # active", found with a full disk under a running agent, issue #17).
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * 256 * 1024)  # something else on the disk, removed later
+    outbox = Outbox(small_disk / "outbox.sqlite3", max_events=100_000)
+    payload = b"x" * 4096
+    stored = 0
+    with pytest.raises(sqlite3.OperationalError) as refused:
+        for n in range(1000):
+            outbox.put(f"t/{n}", payload, Priority.KEEP)
+            stored += 1
+    assert "full" in str(refused.value) and "rollback" not in str(refused.value)
+    assert 0 < stored < 1000
+    assert [entry.topic for entry in outbox.peek(0, 2000)] == [f"t/{n}" for n in range(stored)]
+
+    # Room again (the other file removed), the publisher sends and removes half: the
+    # outbox goes on.
+    ballast.unlink()
+    entries = outbox.peek(0, stored // 2)
+    outbox.remove([entry.id for entry in entries])
+    outbox.put("after", b"small", Priority.KEEP)
+    topics = [entry.topic for entry in outbox.peek(0, 2000)]
+    assert topics == [f"t/{n}" for n in range(stored // 2, stored)] + ["after"]
     outbox.close()

@@ -34,6 +34,7 @@ from collector.casestore import CaseStore, mask_account
 from collector.config import CollectorConfig
 from collector.schema import case_events, transactions
 from collector.store import Store
+from collector.store.rows import StoredTransaction
 from collector.terms import SettlementTerms
 from posmon.wire.models import SettlementKind, SettlementStatus
 
@@ -41,7 +42,7 @@ NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 __all__ = ["alert_rig"]  # the fixture, shared with the alert tests
 
 
-def stored_txn(store: Store, rrn: str = "402511000001") -> dict[str, Any]:
+def stored_txn(store: Store, rrn: str = "402511000001") -> StoredTransaction:
     """A transactions row, inserted directly (the case store needs nothing else)."""
     row = {
         "event_id": f"e-{rrn}",
@@ -67,7 +68,7 @@ def stored_txn(store: Store, rrn: str = "402511000001") -> dict[str, Any]:
     with store.engine.begin() as conn:
         conn.execute(insert(transactions).values(row))
         found = conn.execute(select(transactions).where(transactions.c.rrn == rrn)).mappings()
-        return dict(found.one())
+        return StoredTransaction.from_row(found.one())
 
 
 @pytest.fixture
@@ -122,9 +123,8 @@ class CaseWorkflow(RuleBasedStateMachine):
         self.store.migrate()
         self.cases = CaseStore(self.store.engine)
         self.txn = stored_txn(self.store)
-        self.case_id = self.cases.open(self.txn, cause="BANK_SYSTEM", now=NOW, actor="t").case[
-            "case_id"
-        ]
+        opened = self.cases.open(self.txn, cause="BANK_SYSTEM", now=NOW, actor="t")
+        self.case_id = opened.case.case_id
         self.state = CaseState.OPEN
         self.clock = NOW
 
@@ -146,18 +146,16 @@ class CaseWorkflow(RuleBasedStateMachine):
             assert not allowed
             return
         assert allowed
-        self.state = CaseState(case["state"])
+        self.state = case.state
 
     @rule(in_full=st.booleans())
     def remittance_arrives(self, in_full: bool) -> None:
         case = self.cases.get(self.case_id)
         assert case is not None
-        credited = case["amount"] if in_full else case["amount"] - 1
-        move = remittance_arrived(self.state, expected=case["amount"], credited=credited)
+        credited = case.amount if in_full else case.amount - 1
+        move = remittance_arrived(self.state, expected=case.amount, credited=credited)
         if move is not None:
-            self.state = CaseState(
-                self.cases.apply(case, move, actor="c", now=self._tick())["state"]
-            )
+            self.state = self.cases.apply(case, move, actor="c", now=self._tick()).state
 
     @rule()
     def original_arrives(self) -> None:
@@ -165,14 +163,12 @@ class CaseWorkflow(RuleBasedStateMachine):
         assert case is not None
         move = original_arrived(self.state)
         if move is not None:
-            self.state = CaseState(
-                self.cases.apply(case, move, actor="c", now=self._tick())["state"]
-            )
+            self.state = self.cases.apply(case, move, actor="c", now=self._tick()).state
 
     @rule()
     def opened_again(self) -> None:
         again = self.cases.open(self.txn, cause="NETWORK", now=self._tick(), actor="t")
-        assert not again.created and again.case["case_id"] == self.case_id
+        assert not again.created and again.case.case_id == self.case_id
 
     @invariant()
     def one_case_one_confirmation_and_a_true_log(self) -> None:
@@ -184,7 +180,9 @@ class CaseWorkflow(RuleBasedStateMachine):
         for before, after in itertools.pairwise(events):
             assert after["from_state"] == before["to_state"], "the log is a chain of moves"
         case = self.cases.get(self.case_id)
-        assert case is not None and case["state"] == self.state.value == events[-1]["to_state"]
+        assert case is not None and case.state.value == self.state.value == events[-1]["to_state"]
+        log = self.cases.audit_log(self.case_id)
+        assert [entry.to_state.value for entry in log] == [e["to_state"] for e in events]
 
 
 CaseWorkflow.TestCase.settings = settings(
@@ -217,7 +215,7 @@ def test_fifty_concurrent_openings_give_one_case(database_url: str) -> None:
             thread.join(timeout=60)
         assert len(results) == 50
         assert sum(result.created for result in results) == 1
-        assert len({result.case["case_id"] for result in results}) == 1
+        assert len({result.case.case_id for result in results}) == 1
         with store.engine.connect() as conn:
             opened = conn.execute(select(case_events).where(case_events.c.to_state == "OPEN"))
             assert len(opened.all()) == 1
@@ -262,7 +260,8 @@ def test_a_failure_opens_a_case_and_the_full_reremittance_confirms_it(
     # Short: not confirmed, and the amount is an alert.
     rig.publish(reremittance("402511000201", "R-201a", 12_000, case["case_id"]))
     rig.wait_alert("AMOUNT_MISMATCH", where=lambda a: a.rrn == "402511000201")
-    assert CaseStore(rig.rig.reader.engine).get(case["case_id"])["state"] == "OPEN"  # type: ignore[index]
+    stored = CaseStore(rig.rig.reader.engine).get(case["case_id"])
+    assert stored is not None and stored.state is CaseState.OPEN
 
 
 def test_reremittance_in_full_confirms_and_resolves_the_failure(alert_rig: AlertRig) -> None:

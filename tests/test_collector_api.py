@@ -27,9 +27,9 @@ from starlette.exceptions import StarletteDeprecationWarning
 from test_collector_alerts import BANK, TID, failed, status
 from test_collector_ingest import txn
 
-from collector.alerts import AlertEngine
-from collector.alertstore import AlertStore
+from collector.alerts import AlertEngine, AlertStore, alert_event
 from collector.api import create_app
+from collector.cases import CaseState
 from collector.casestore import CaseStore
 from collector.config import CollectorConfig
 from collector.http import HttpServer
@@ -180,12 +180,12 @@ ROUTES = [
     Route("GET", "/cases/{case_id}/evidence.pdf", Role.VIEWER),
     Route("GET", "/terminals", Role.VIEWER),
     Route("GET", "/terminals/{tid}", Role.VIEWER),
-    Route("POST", "/settlements", Role.OPERATOR, body="settlement"),
+    Route("POST", "/settlements", Role.ACQUIRER, body="settlement"),
     Route("GET", "/tokens", Role.ADMIN),
     Route("POST", "/tokens", Role.ADMIN, 201, {"name": "new-one", "role": "viewer"}),
     Route("DELETE", "/tokens/{name}", Role.ADMIN, 204),
 ]
-CALLERS = ("none", "bogus", "revoked", "viewer", "operator", "admin")
+CALLERS = ("none", "bogus", "revoked", "viewer", "operator", "admin", "acquirer")
 
 
 def expected_status(route: Route, caller: str) -> int:
@@ -281,6 +281,31 @@ def test_an_alert_is_acknowledged_by_the_tokens_name_once(
     assert alert_id not in {
         a["alert_id"] for a in client.get("/alerts", params={"status": "firing"}).json()
     }
+
+
+def test_an_alert_names_its_state_as_posmon_alert_1_does(
+    api: tuple[TestClient, Seeded, Store],
+) -> None:
+    # One field name across MQTT and REST (issue #20): `state`. Its old REST name `status`
+    # stays, deprecated in the OpenAPI document, with the same value until API 2.
+    client, seeded, store = api
+    alert_id = seeded.alert_ids[0]
+    published = alert_event(AlertStore(store.engine, "t", [], reads=store.reads).get(alert_id))
+    [rest] = [a for a in client.get("/alerts", params={"state": "firing"}).json()
+              if a["alert_id"] == alert_id]  # fmt: skip
+    assert rest["state"] == published.state.value == "firing"
+    assert rest["status"] == rest["state"]
+    acked = client.post(f"/alerts/{alert_id}/ack").json()
+    assert (acked["state"], acked["status"]) == ("acknowledged", "acknowledged")
+    by_old_name = client.get("/alerts", params={"status": "acknowledged"}).json()
+    assert alert_id in {a["alert_id"] for a in by_old_name}
+    both = client.get("/alerts", params={"state": "resolved", "status": "firing"})
+    assert both.status_code == 422
+    document = client.get("/openapi.json").json()
+    fields = document["components"]["schemas"]["Alert"]["properties"]
+    assert fields["status"]["deprecated"] is True and "deprecated" not in fields["state"]
+    parameters = {p["name"]: p for p in document["paths"]["/alerts"]["get"]["parameters"]}
+    assert parameters["status"]["deprecated"] is True
 
 
 @pytest.mark.parametrize(
@@ -438,7 +463,7 @@ def test_a_move_the_workflow_refuses_is_409_with_its_reason(
     assert "bank's reason" in silent_rejection.json()["detail"]
     assert [response.status_code for response in bad] == [422] * len(bad)
     case = CaseStore(store.engine).get(case_id)
-    assert case is not None and case["state"] == "SUBMITTED"
+    assert case is not None and case.state is CaseState.SUBMITTED
 
 
 def test_evidence_as_json_and_as_pdf(api: tuple[TestClient, Seeded, Store]) -> None:
@@ -486,16 +511,25 @@ def test_terminals_with_last_status_presence_and_masked_transactions(
         assert re.fullmatch(r"\d{6}\*+\d{4}", item["pan_masked"]), item["pan_masked"]
 
 
-def test_settlements_need_an_operator_and_refuse_nul(
+def test_settlements_need_the_acquirer_role_and_refuse_nul(
     api: tuple[TestClient, Seeded, Store],
 ) -> None:
-    client, _, store = api
+    operator, seeded, store = api
     body = settlement_body() | {"reason_text": "bad\x00text", "status": "FAILED"}
 
-    refused = client.post("/settlements", json=body)
-    stored = client.post("/settlements", json=[settlement_body()])
+    with client_for(store, seeded.tokens["acquirer"]) as client:
+        refused = client.post("/settlements", json=body)
+        stored = client.post("/settlements", json=[settlement_body()])
+        reads = client.get("/alerts")
+    by_operator = operator.post("/settlements", json=[settlement_body() | {"settlement_id": "X"}])
 
     assert refused.status_code == 422, refused.text
+    # An operator acknowledges alerts and closes cases; it cannot also say the money came.
+    assert by_operator.status_code == 403
+    assert by_operator.json()["detail"] == "needs the acquirer role; this token is operator"
+    assert store.settlement("X") is None
+    # The acquirer's token posts settlements and reads nothing.
+    assert reads.status_code == 403
     assert stored.json() == {"stored": 1, "repeats": 0}
     assert store.settlement("ACQ-MATRIX") is not None
 

@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    token = TokenStore(store.engine).create("acquirer", Role.OPERATOR, created_by="test", now=NOW)
+    token = TokenStore(store.engine).create("acquirer", Role.ACQUIRER, created_by="test", now=NOW)
     headers = {"Authorization": f"Bearer {token}"}
     # Server errors come back as 500 responses, as a real client would see them.
     with TestClient(create_app(store), raise_server_exceptions=False, headers=headers) as client:
@@ -77,7 +77,7 @@ def test_one_settlement_is_stored(client: TestClient, store: Store) -> None:
     assert response.json() == {"stored": 1, "repeats": 0}
     stored = store.settlement("ACQ-000001")
     assert stored is not None
-    assert (stored["source"], stored["amount"], stored["outcome"]) == ("http", 12_800, "ORPHAN")
+    assert (stored.source, stored.amount, stored.outcome) == ("http", 12_800, "ORPHAN")
 
 
 def test_a_list_is_stored_and_the_same_again_counted_as_repeats(client: TestClient) -> None:

@@ -357,7 +357,7 @@ def test_every_outcome_through_the_broker(rig: Rig) -> None:
     wait_until(lambda: outcomes(rig.reader) == expected, 10, "every outcome")
     orphan = rig.reader.settlement("S-orphan")
     assert orphan is not None
-    assert orphan["outcome"] == "ORPHAN"
+    assert orphan.outcome == "ORPHAN"
     assert [row["rrn"] for row in overdue_log(rig.reader)] == [overdue.rrn]
     counters = running.counters
     assert counters["stored.txn"] == 8
@@ -498,13 +498,17 @@ enabled = false
 """
 
 
-def collector_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def collector_process(
+    config: Path, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`posmon collector run` on `config`, its output appended to `log`."""
     posmon = Path(sys.executable).parent / "posmon"
     with log.open("ab") as out:
         return subprocess.Popen(
             [str(posmon), "collector", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
@@ -583,7 +587,7 @@ def test_deadline_passing_while_the_collector_is_down_is_reported_once_on_start(
     assert outcomes(rig.reader) == {sale.rrn: "PENDING"}
     row = rig.reader.transaction(sale.tid, sale.rrn)
     assert row is not None
-    deadline = row["deadline"]
+    deadline = row.deadline
     wait_until(lambda: datetime.now(UTC) > deadline + timedelta(seconds=0.5), 10, "deadline")
     assert outcomes(rig.reader) == {sale.rrn: "PENDING"}  # nobody was watching
 
@@ -654,6 +658,62 @@ def test_two_collectors_sharing_a_subscription_store_once_and_report_overdue_onc
         assert sum(c.get("stored.txn", 0) for c in counters) == total
         assert sum(c.get("repeats.txn", 0) for c in counters) >= total  # each sent twice
         assert sum(r.collector.overdue.reported for r in pair) == overdue_count
+
+
+@pytest.mark.slow
+def test_a_gone_collectors_share_is_covered_by_the_others(
+    postgres_url: str, broker: Broker, prefix: str
+) -> None:
+    """mosquitto keeps giving a gone member of a share group its share, into its session.
+    Once its heartbeat is `peer_timeout_s` old, the collector left subscribes the plain
+    filters too: what comes after is stored at once, and only what came before waits for
+    the gone one's return; every transaction stored once in the end, the cover ended."""
+    with rig_on(postgres_url, broker, prefix) as rig:
+
+        def config(name: str) -> CollectorConfig:
+            ingest = {"shared_group": "g1", "batch_size": 20, "peer_timeout_s": 6}
+            return rig.config(name, mqtt={"protocol": Protocol.V5}, ingest=ingest)
+
+        left = rig.start(config("cover-left"))
+        gone = rig.start(config("cover-gone"))
+        wait_until(lambda: left.collector.ingestor.connected, 10, "up")
+        wait_until(lambda: gone.collector.ingestor.connected, 10, "up")
+        rig.wait_subscribed()
+        time.sleep(0.3)  # the other one's SUBACK
+        gone.stop()  # its session stays in the broker, and keeps getting its share
+        gone_at = time.monotonic()
+        before = many_sales(200)
+        rig.publisher.all(before)
+        wait_until(lambda: stored_txns(rig.reader) >= 80, 10, "the left one's share")
+        time.sleep(1)
+        waiting = len(before) - stored_txns(rig.reader)
+        assert waiting >= 50, f"{waiting} in the gone one's session: about half expected"
+        ingestor = left.collector.ingestor
+        wait_until(lambda: ingestor.covering_for == ("cover-gone",), 20, "the cover")
+        wait_until(lambda: ingestor.counters.get("cover.changes") == 1, 5, "subscribed")
+        covered_after = time.monotonic() - gone_at
+        after = [txn(f"4025119{i:05d}", tid=f"1000{i % 25:04d}") for i in range(300)]
+        rig.publisher.all(after)
+        wait_until(
+            lambda: stored_txns(rig.reader) == len(before) - waiting + len(after),
+            15,
+            "everything sent after the cover",
+        )
+        time.sleep(1)
+        assert stored_txns(rig.reader) == len(before) - waiting + len(after)
+        back = rig.start(config("cover-gone"))  # its backlog comes with its session
+        wait_until(lambda: stored_txns(rig.reader) == len(before) + len(after), 20, "backlog")
+        wait_until(lambda: ingestor.covering_for == (), 15, "the cover ended")
+        wait_until(lambda: ingestor.counters.get("cover.changes") == 2, 5, "unsubscribed")
+        status = left.collector.status()
+        assert status["covering_for"] is None
+        print(
+            f"\ngone collector: {waiting} of {len(before)} sent before the cover waited for it;"
+            f" covered after {covered_after:.1f} s (peer_timeout_s 6, heartbeat 5 s); "
+            f"{len(after)} of {len(after)} sent after it stored while it was gone; "
+            f"repeats stored once: {left.counters.get('repeats.txn', 0)}"
+        )
+        back.stop()
 
 
 def test_a_nul_character_is_dead_lettered_and_the_rest_of_its_batch_stored(rig: Rig) -> None:

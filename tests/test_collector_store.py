@@ -7,6 +7,7 @@ clock is fixed (Wednesday 2026-11-25 10:30 in Shanghai), so deadlines are exact.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import threading
@@ -21,8 +22,14 @@ from sqlalchemy import event, func, select, text
 
 from collector.config import CollectorConfig, MerchantRule, SettlementMode, SettlementSection
 from collector.correlate import Outcome
-from collector.schema import outcome_log, settlements, transactions
-from collector.store import OutcomeChange, Store
+from collector.schema import collectors, outcome_log, settlements, transactions
+from collector.store import (
+    CollectorRecord,
+    OutcomeChange,
+    Store,
+    StoredSettlement,
+    StoredTransaction,
+)
 from collector.terms import SettlementTerms
 from posmon.wire.models import (
     BatchEvent,
@@ -180,13 +187,13 @@ def status(*, link_up: bool = True, network: Network = Network.ETH, saf: int = 0
 def outcome(store: Store, rrn: str, kind: TxnKind = TxnKind.SALE) -> str:
     row = store.transaction(TID, rrn, kind)
     assert row is not None, f"transaction {rrn} not stored"
-    return str(row["outcome"])
+    return str(row.outcome)
 
 
 def settlement_outcome(store: Store, settlement_id: str) -> str:
     row = store.settlement(settlement_id)
     assert row is not None, f"settlement {settlement_id} not stored"
-    return str(row["outcome"])
+    return str(row.outcome)
 
 
 def log_rows(store: Store) -> list[dict[str, Any]]:
@@ -216,21 +223,21 @@ def test_credit_as_expected_settles_the_transaction(store: Store) -> None:
     assert first.changes == []
     row = store.transaction(TID, txn.rrn)
     assert row is not None
-    assert row["outcome"] == "PENDING"
-    assert row["expected_net"] == NET
-    assert row["deadline"] == datetime(2026, 11, 26, 18, 0, tzinfo=SHANGHAI)
-    assert row["txn_date"] == TODAY
+    assert row.outcome == "PENDING"
+    assert row.expected_net == NET
+    assert row.deadline == datetime(2026, 11, 26, 18, 0, tzinfo=SHANGHAI)
+    assert row.txn_date == TODAY
 
     report = store.ingest([result(txn.rrn, "S1")])
     assert report.stored == {"settlement": 1}
     assert summary(report.changes) == [(txn.rrn, "SETTLED", "PENDING")]
     row = store.transaction(TID, txn.rrn)
     assert row is not None
-    assert (row["outcome"], row["settlement_id"], row["outcome_at"]) == ("SETTLED", "S1", NOW)
+    assert (row.outcome, row.settlement_id, row.outcome_at) == ("SETTLED", "S1", NOW)
     settled = store.settlement("S1")
     assert settled is not None
-    assert (settled["outcome"], settled["transaction_id"]) == ("SETTLED", row["id"])
-    assert settled["source"] == "mqtt"
+    assert (settled.outcome, settled.transaction_id) == ("SETTLED", row.id)
+    assert settled.source == "mqtt"
     assert store.outcome_history(TID, txn.rrn) == ["SETTLED"]
 
 
@@ -300,7 +307,7 @@ def test_deadline_passing_makes_it_overdue_once_and_a_late_credit_settles_it(
     assert store.next_deadline() is None
     row = store.transaction(TID, txn.rrn)
     assert row is not None
-    assert (row["outcome"], row["outcome_at"]) == ("OVERDUE", deadline)
+    assert (row.outcome, row.outcome_at) == ("OVERDUE", deadline)
 
     report = store.ingest([result(txn.rrn, "S1", txn_date=date(2026, 11, 24))])
     assert summary(report.changes) == [(txn.rrn, "SETTLED", "OVERDUE")]
@@ -317,8 +324,8 @@ def test_credit_of_another_net_is_a_mismatch_per_merchant_rule(store: Store) -> 
     store.ingest([default_merchant, own_rule])
     row = store.transaction(TID, own_rule.rrn)
     assert row is not None
-    assert row["expected_net"] == NET_D0
-    assert row["deadline"] == datetime(2026, 11, 25, 18, 0, tzinfo=SHANGHAI)  # D0
+    assert row.expected_net == NET_D0
+    assert row.deadline == datetime(2026, 11, 25, 18, 0, tzinfo=SHANGHAI)  # D0
     report = store.ingest(
         [
             # The fee of the D0 merchant's rule, on the default merchant: 1.72 short.
@@ -341,7 +348,7 @@ def test_second_credit_under_another_settlement_id_is_a_duplicate(store: Store) 
     assert summary(report.changes) == [(txn.rrn, "DUPLICATE", "SETTLED")]
     row = store.transaction(TID, txn.rrn)
     assert row is not None
-    assert (row["outcome"], row["settlement_id"]) == ("DUPLICATE", "S1")
+    assert (row.outcome, row.settlement_id) == ("DUPLICATE", "S1")
     assert settlement_outcome(store, "S1") == "SETTLED"
     assert settlement_outcome(store, "S2") == "DUPLICATE"
     # The same settlement id again is a repeat, not another duplicate.
@@ -370,7 +377,7 @@ def test_settlement_without_transaction_is_an_orphan_until_the_transaction_arriv
     assert row is not None
     settled = store.settlement("S1")
     assert settled is not None
-    assert (settled["outcome"], settled["transaction_id"]) == ("SETTLED", row["id"])
+    assert (settled.outcome, settled.transaction_id) == ("SETTLED", row.id)
 
 
 def test_orphans_are_applied_in_settlement_order_when_the_transaction_arrives(
@@ -502,7 +509,7 @@ def test_failure_or_return_for_a_cancelled_transaction_leaves_it_cancelled(
         assert outcome(store, txn.rrn) == "CANCELLED", status
         settled = store.settlement("S1")
         assert settled is not None
-        assert (settled["outcome"], settled["transaction_id"] is not None) == (status.value, True)
+        assert (settled.outcome, settled.transaction_id is not None) == (status.value, True)
 
 
 def test_void_after_the_credit_is_reversed_but_settled(store: Store) -> None:
@@ -596,7 +603,7 @@ def test_the_verdict_does_not_depend_on_the_arrival_order(
             row = store.transaction(TID, original.rrn)
             assert row is not None
             case = f"arrival order {order}{', in one batch' if batched else ''}"
-            assert row["outcome"] == expected, case
+            assert row.outcome == expected, case
             linked = final_state(store)["settlements"].values()
             assert all(txn is not None for _, txn in linked), f"{case}: {linked}"
     finally:
@@ -695,7 +702,7 @@ def test_declined_transaction_is_owed_nothing_and_never_overdue(store: Store) ->
     for txn in (declined, refund):
         row = store.transaction(TID, txn.rrn, txn.kind)
         assert row is not None
-        assert (row["outcome"], row["deadline"], row["expected_net"]) == (
+        assert (row.outcome, row.deadline, row.expected_net) == (
             "NOT_EXPECTED",
             None,
             None,
@@ -803,7 +810,7 @@ def test_each_overdue_is_reported_once_when_two_stores_claim_at_once(database_ur
 def test_fast_converters_write_what_sqlalchemy_would(dialect_name: str) -> None:
     from sqlalchemy.dialects import postgresql, sqlite
 
-    from collector.store import _fast_converter
+    from collector.store.writes import _fast_converter
 
     dialect = sqlite.dialect() if dialect_name == "sqlite" else postgresql.psycopg.dialect()
     times = [
@@ -852,7 +859,7 @@ def test_status_events_between_transactions_do_not_split_their_batch(store: Stor
         event.remove(store.engine, "before_cursor_execute", counted)
     assert report.stored == {"txn": 41, "status": 10}
     assert store.outcome_history(TID, sales[0].rrn) == ["CANCELLED"]
-    assert store.transaction(TID, sales[1].rrn)["outcome"] == "PENDING"
+    assert store.transaction(TID, sales[1].rrn).outcome == "PENDING"
     # One run of 41 transactions and one of 10 status events. Ten runs of four sales
     # each with its own insert and look-ups would take well over 40.
     assert len(statements) <= 15, statements
@@ -886,3 +893,25 @@ def test_after_sync_an_asynchronous_commit_is_on_disk(postgres_url: str) -> None
             assert flushed, f"sync() returned before the WAL reached {committed}"
     finally:
         store.close()
+
+
+def test_the_typed_rows_hold_every_column_of_their_table(store: Store) -> None:
+    # A column added to a table and not to its row would be dropped without a word.
+    for row_type, table in (
+        (StoredTransaction, transactions),
+        (StoredSettlement, settlements),
+        (CollectorRecord, collectors),
+    ):
+        fields = [field.name for field in dataclasses.fields(row_type)]
+        assert fields == [column.name for column in table.columns], row_type.__name__
+    txn = sale("402511000099")
+    store.ingest([txn, result(txn.rrn, "S-typed")])
+    row = store.transaction(TID, txn.rrn)
+    assert row is not None
+    assert (row.kind, row.outcome) == (TxnKind.SALE, Outcome.SETTLED)
+    assert type(row.kind) is TxnKind and type(row.outcome) is Outcome
+    credit = store.settlement("S-typed")
+    assert credit is not None and type(credit.status) is SettlementStatus
+    assert (credit.transaction_id, credit.outcome) == (row.id, Outcome.SETTLED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.outcome = Outcome.PENDING  # type: ignore[misc]

@@ -11,7 +11,7 @@ from conftest import Influxd, wait_until
 
 from collector.config import MetricsSection
 from collector.influx import InfluxSink
-from collector.metrics import Sample
+from collector.samples import Sample
 
 T0 = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
 

@@ -22,7 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from posmon.mqtt import Message, MqttClient, Protocol, _publish_offsets
+from posmon.mqtt import Message, MqttClient, Protocol
+from posmon.mqtt.fastread import _publish_offsets
 
 
 class Subscriber:

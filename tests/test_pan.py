@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from posmon.pan import PanError, luhn_valid, mask_pan, scrub
+from posmon.pan import PanError, luhn_valid, mask_pan, scrub, scrub_tree
 
 
 def with_check_digit(body: str) -> str:
@@ -200,18 +200,31 @@ def pans(draw: st.DrawFn) -> str:
     return with_check_digit(first + middle)
 
 
-def written(pan: str, separator: str) -> str:
-    """The PAN in groups of four, as receipts and people write it."""
-    return separator.join(pan[index : index + 4] for index in range(0, len(pan), 4))
+def written(pan: str, separator: str | list[str]) -> str:
+    """The PAN in groups of four, as receipts and people write it; `separator` is one for
+    every gap, or one per gap (a mix)."""
+    groups = [pan[index : index + 4] for index in range(0, len(pan), 4)]
+    if isinstance(separator, str):
+        return separator.join(groups)
+    out = groups[0]
+    for gap, group in zip(separator, groups[1:], strict=False):
+        out += gap + group
+    return out
+
+
+# Every way the scanner must see through: plain, one separator, and mixes of up to three
+# spaces, dashes and dots between groups.
+SEPARATORS = ["", " ", "-", ".", " - ", ". ", "  "]
+separator_mix = st.lists(st.sampled_from(SEPARATORS[1:]), min_size=4, max_size=4)
 
 
 ascii_text = st.text(st.characters(codec="ascii"), max_size=40)
 non_digit = st.characters(codec="ascii", exclude_characters="0123456789")
-# Spaces and dashes join digit groups: in "7 4111 1111 1111 1111" the PAN may well be a
+# Spaces, dashes and dots join digit groups: in "7 4111 1111 1111 1111" the PAN may well be a
 # 17-digit one. The first property keeps other digits out of the PAN's run; the examples
 # above cover numbers right next to a PAN.
-text_without_joiners = st.text(st.characters(codec="ascii", exclude_characters=" -"), max_size=40)
-non_joining_separator = st.characters(codec="ascii", exclude_characters="0123456789 -")
+text_without_joiners = st.text(st.characters(codec="ascii", exclude_characters=" -."), max_size=40)
+non_joining_separator = st.characters(codec="ascii", exclude_characters="0123456789 -.")
 
 
 class PanInText(NamedTuple):
@@ -231,7 +244,7 @@ def pan_in_text(
 ) -> PanInText:
     """A PAN, written plain or in groups, inside text and set off from it by non-digits."""
     pan = draw(pans())
-    as_written = written(pan, draw(st.sampled_from(["", " ", "-"])))
+    as_written = written(pan, draw(st.sampled_from(SEPARATORS) | separator_mix))
     before = draw(around) + draw(separator)
     after = draw(separator) + draw(around)
     assume(pan not in before and pan not in after)
@@ -257,3 +270,57 @@ def test_no_full_pan_survives_scrub_whatever_surrounds_it(case: PanInText) -> No
 
     assert case.pan not in scrubbed
     assert case.written not in scrubbed
+
+
+# --- the forms an attacker tried (issue #15) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("4111.1111.1111.1111", "411111******1111"),
+        ("4111 - 1111.1111-1111", "411111******1111"),
+        ("card 4111.1111.1111.1111 closed", "card 411111******1111 closed"),
+        ("REF4111111111111111X", "REF411111******1111X"),
+        ("card6222021234567890123closed", "card622202*********0123closed"),
+        # UnionPay's range without a Luhn check digit (the contract's own example PAN).
+        ("card 6222021234567890123 closed", "card 622202*********0123 closed"),
+    ],
+)
+def test_scrub_sees_dots_mixed_separators_letters_around_and_unionpay(
+    text: str, shown: str
+) -> None:
+    assert scrub(text) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20261125103015",  # a terminal timestamp that passes Luhn is not masked
+        "v10.2.3 build 7",
+        "net 12.50 fee 0.08",
+        "6222021234",  # too short for a card
+        "411111111111111",  # 15 digits, fails Luhn
+    ],
+)
+def test_scrub_leaves_numbers_that_are_not_card_numbers(text: str) -> None:
+    assert scrub(text) == text
+
+
+def test_scrub_tree_masks_free_text_and_keys_but_not_typed_identifiers() -> None:
+    luhn_mid = with_check_digit("89810001234000")
+    assert len(luhn_mid) == 15 and luhn_valid(luhn_mid)
+    tree = {
+        "mid": luhn_mid,
+        "settlement_id": VISA,
+        "reason_text": f"card {VISA} closed",
+        VISA: "key",
+        "evidence": [f"slip shows {VISA}", 12, None],
+    }
+    assert scrub_tree(tree) == {
+        "mid": luhn_mid,
+        "settlement_id": VISA,
+        "reason_text": "card 411111******1111 closed",
+        "411111******1111": "key",
+        "evidence": ["slip shows 411111******1111", 12, None],
+    }

@@ -193,12 +193,12 @@ def test_a_utf8_file_is_imported_with_empty_cells_as_absent_fields(
     assert result.stopped is None
     stored = store.settlement("ACQ2026112500000002")
     assert stored is not None
-    assert stored["amount"] == 12_802
-    assert stored["net_amount"] == 12_802 - 77
-    assert stored["settled_at"] == datetime(2026, 11, 25, 1, 0, tzinfo=ZoneInfo("UTC"))
-    assert stored["stan"] is None and stored["batch"] is None and stored["bank_code"] is None
-    assert stored["source"] == "csv"
-    assert stored["outcome"] == "ORPHAN"  # no transaction stored for it
+    assert stored.amount == 12_802
+    assert stored.net_amount == 12_802 - 77
+    assert stored.settled_at == datetime(2026, 11, 25, 1, 0, tzinfo=ZoneInfo("UTC"))
+    assert stored.stan is None and stored.batch is None and stored.bank_code is None
+    assert stored.source == "csv"
+    assert stored.outcome == "ORPHAN"  # no transaction stored for it
 
 
 def test_a_utf8_byte_order_mark_and_a_schema_column_are_accepted(
@@ -230,8 +230,8 @@ def test_a_gbk_file_with_chinese_reasons_is_imported_when_asked(
     assert (result.imported, result.bad, result.stopped) == (3, 0, None)
     stored = store.settlement(failed["settlement_id"])
     assert stored is not None
-    assert stored["reason_text"] == REFUSED
-    assert stored["status"] == "FAILED"
+    assert stored.reason_text == REFUSED
+    assert stored.status == "FAILED"
 
 
 def test_a_gbk_file_read_as_utf8_stops_at_the_line_and_suggests_gbk(
@@ -407,10 +407,10 @@ def test_an_imported_credit_settles_the_stored_transaction(store: Store, tmp_pat
     assert (result.imported, result.bad) == (2, 0)
     stored = store.transaction(TID, sale.rrn)
     assert stored is not None
-    assert stored["outcome"] == "SETTLED"
-    assert stored["settlement_id"] == credit["settlement_id"]
+    assert stored.outcome == "SETTLED"
+    assert stored.settlement_id == credit["settlement_id"]
     settlement = store.settlement(credit["settlement_id"])
-    assert settlement is not None and settlement["outcome"] == "SETTLED"
+    assert settlement is not None and settlement.outcome == "SETTLED"
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "gbk"])
@@ -435,7 +435,7 @@ def test_the_acquirer_simulators_files_import_as_written(
     for message in sent:
         stored = sqlite_store.settlement(message.settlement_id)
         assert stored is not None
-        assert (stored["reason_text"], stored["net_amount"]) == (
+        assert (stored.reason_text, stored.net_amount) == (
             message.reason_text,
             message.net_amount,
         )

@@ -35,6 +35,15 @@ from posmon.wire.codec import (
 )
 from posmon.wire.frames import ACK, NAK, STX
 from posmon.wire.models import BatchEvent, StatusEvent, TxnEvent
+from simulators.acquirer import (
+    AcquirerConfig,
+    AcquirerCore,
+    FaultRates,
+    MerchantProfile,
+    SettlementMode,
+    SettlementTerms,
+)
+from simulators.acquirer.terms import VOID_WINDOW
 from simulators.faults import Faults, noise_burst, split_frame
 from simulators.link import SerialLink
 from simulators.messages import Message
@@ -549,3 +558,66 @@ def test_sender_settles_on_ack_and_counts_late_answers_as_stray() -> None:
     assert sender.receive(b"\x00" + ACK + ACK, 0.1).settled is Settled.ACKED
     assert sender.receive(ACK, 0.2).settled is None
     assert sender.counters.acked == 1 and sender.counters.stray_bytes == 3
+
+
+def _replay(messages: list[tuple[datetime, Message]], core: AcquirerCore) -> list[str]:
+    """Feed a terminal's messages to the acquirer simulator as the agent would publish them;
+    the voids and reversals of a sale already credited, by RRN."""
+    builder = EventBuilder(agent_id="t")
+    credited: set[str] = set()
+    late: list[str] = []
+    for seq, (at, message) in enumerate(messages):
+        credited |= {s.rrn for s in core.advance(at).settlements}
+        event = builder.build(parse_data(message.with_seq(seq % 65536).to_data()), at)
+        if (
+            isinstance(event, TxnEvent)
+            and event.kind in ("VOID", "REVERSAL")
+            and event.approved
+            and event.orig_rrn in credited
+        ):
+            late.append(event.orig_rrn)
+        core.receive(event, at)
+    return late
+
+
+@pytest.mark.parametrize("mode", ["D0", "T0"])
+def test_a_terminal_voids_only_what_its_acquirer_has_not_paid(mode: str) -> None:
+    # A D0 or T0 merchant is paid sale by sale: once paid, a void is refused and the
+    # operator refunds instead. A busy day, a message every two minutes.
+    terms = SettlementTerms(mode=SettlementMode(mode), t0_hours=1.0)
+    core = AcquirerCore(
+        AcquirerConfig(merchants=(MerchantProfile.derive(MID, terms),), rates=FaultRates.none()),
+        seed=5,
+    )
+    profile = TrafficProfile(
+        mid=MID, batch_size=400, link_flap=0.0, void_window_s=VOID_WINDOW.total_seconds()
+    )
+    generator = TrafficGenerator(TID, profile, seed=4)
+    start = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
+    messages = [
+        (start + timedelta(minutes=2 * n), generator.next_message(start + timedelta(minutes=2 * n)))
+        for n in range(300)
+    ]
+    kinds = [m.fields.get("KIND") for _, m in messages]
+    assert kinds.count("VOID") >= 3 and kinds.count("REVERSAL") >= 2 and kinds.count("REFUND")
+    assert _replay(messages, core) == []
+    core.advance(start + timedelta(days=2))
+    assert core.counters["cancelled"] >= 5
+
+
+def test_a_reversal_follows_its_sale_and_a_void_stays_in_the_open_batch() -> None:
+    generator = TrafficGenerator(TID, TrafficProfile(mid=MID, batch_size=15), seed=9)
+    previous: Message | None = None
+    batch_of: dict[str, str] = {}
+    for n in range(2000):
+        message = generator.next_message(T0 + timedelta(seconds=7 * n))
+        fields = message.fields
+        if message.type == "TXN" and fields["KIND"] == "SALE":
+            batch_of[fields["RRN"]] = fields["BATCH"]
+        elif message.type == "TXN" and fields["KIND"] == "REVERSAL":
+            assert previous is not None and previous.type == "TXN"
+            assert previous.fields["KIND"] == "SALE" and previous.fields["RC"] in APPROVED_CODES
+            assert fields["ORIG_RRN"] == previous.fields["RRN"]
+        elif message.type == "TXN" and fields["KIND"] == "VOID":
+            assert batch_of[fields["ORIG_RRN"]] == fields["BATCH"], "voids the open batch only"
+        previous = message

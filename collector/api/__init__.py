@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
@@ -18,7 +19,13 @@ from starlette.exceptions import HTTPException
 from collector.api import alerts, cases, settlements, terminals, tokens
 from collector.api.auth import requires
 from collector.api.context import Services
-from collector.api.errors import AUTH_RESPONSES, database_unavailable, known_query, with_allow
+from collector.api.errors import (
+    AUTH_RESPONSES,
+    database_unavailable,
+    invalid_request,
+    known_query,
+    with_allow,
+)
 from collector.api.metrics import exposition, registry
 from collector.api.models import Health
 from collector.store import IngestReport, Store
@@ -43,6 +50,7 @@ def create_app(store: Store, on_report: Callable[[IngestReport], None] = lambda 
         dependencies=[Depends(known_query)],
     )
     app.add_exception_handler(SQLAlchemyError, database_unavailable)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, with_allow)
     for module in (alerts, cases, terminals, settlements, tokens):
         app.include_router(module.routes(services), responses=AUTH_RESPONSES)

@@ -6,14 +6,17 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 
-from collector.alertstore import AlertError
+from collector.alerts import AlertError
 from collector.api.auth import requires
 from collector.api.context import Services
 from collector.api.errors import BAD_BODY, CONFLICT, NOT_FOUND, invalid
 from collector.api.models import (
     BANK_PATTERN,
     ID_PATTERN,
+    MAX_SILENCE,
+    SILENCE_HORIZON,
     TID_PATTERN,
     Acknowledge,
     Alert,
@@ -26,6 +29,7 @@ from collector.rules import AlertType
 from collector.tokens import Caller, Role
 
 AlertId = Annotated[str, Path(pattern=ID_PATTERN, description="e.g. A-3f9c2e71d4a0b865.")]
+StateFilter = Literal["open", "firing", "acknowledged", "resolved", "all"]
 
 
 def routes(services: Services) -> APIRouter:
@@ -35,18 +39,34 @@ def routes(services: Services) -> APIRouter:
 
     @router.get("/alerts", dependencies=[viewer])
     def list_alerts(
+        *,
+        state: Annotated[
+            StateFilter | None,
+            Query(description="open (the default): firing or acknowledged."),
+        ] = None,
         status: Annotated[
-            Literal["open", "firing", "acknowledged", "resolved", "all"],
-            Query(description="open: firing or acknowledged."),
-        ] = "open",
+            StateFilter | None,
+            Query(deprecated=True, description="Deprecated since API 1.1: use `state`."),
+        ] = None,
         alert_type: Annotated[AlertType | None, Query(alias="type")] = None,
         tid: Annotated[str | None, Query(pattern=TID_PATTERN)] = None,
         bank: Annotated[str | None, Query(pattern=BANK_PATTERN, description="Bank code.")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> list[Alert]:
         """Alerts, newest first."""
+        if state is not None and status is not None and state != status:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("query", "status"),
+                        "msg": "state and status (its old name) ask for different alerts",
+                    }
+                ]
+            )
+        wanted = state or status or "open"
         rows = services.alerts.find(
-            status=None if status == "all" else status,
+            status=None if wanted == "all" else wanted,
             alert_type=alert_type.value if alert_type else None,
             tid=tid,
             bank_code=bank,
@@ -92,8 +112,13 @@ def routes(services: Services) -> APIRouter:
         """Mute notification of matching alerts for a while; they are still recorded."""
         now = services.now()
         starts_at = body.starts_at or now
+        ends_at = body.ends_at or starts_at + timedelta(seconds=body.duration_s or 0)
+        # Bounded, so no silence reaches the edge of the datetime range.
+        if ends_at - starts_at > MAX_SILENCE:
+            raise invalid(f"a silence may last at most {MAX_SILENCE.days} days", "ends_at")
+        if ends_at > now + SILENCE_HORIZON:
+            raise invalid("a silence must end within 10 years from now", "ends_at")
         try:
-            ends_at = body.ends_at or starts_at + timedelta(seconds=body.duration_s or 0)
             silence_id = services.alerts.add_silence(
                 starts_at=starts_at,
                 ends_at=ends_at,

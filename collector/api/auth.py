@@ -23,7 +23,7 @@ UNAUTHORISED = {"WWW-Authenticate": "Bearer"}
 
 
 def requires(services: Services, role: Role) -> Callable[..., object]:
-    """A dependency that yields the caller when its token has `role` or a higher one."""
+    """A dependency that yields the caller when its token's role allows `role` (`Role.allows`)."""
 
     async def caller(credentials: Credentials) -> Caller:
         if credentials is None:

@@ -48,7 +48,7 @@ def routes(services: Services) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> list[Case]:
         """Cases, newest first."""
-        rows = services.cases.find(
+        rows = services.cases.search(
             state=None if state == "all" else state,
             tid=tid,
             mid=mid,
@@ -123,6 +123,6 @@ def _detail(services: Services, case_id: str) -> CaseDetail:
     case = services.cases.get(case_id)
     if case is None:
         raise HTTPException(404, f"no case {case_id}")
-    events = [CaseEvent.of(item) for item in services.cases.events(case_id)]
-    allowed = sorted(TRANSITIONS[CaseState(case["state"])])
+    events = [CaseEvent.of(item) for item in services.cases.audit_log(case_id)]
+    allowed = sorted(TRANSITIONS[case.state])
     return CaseDetail.of(case, next_states=allowed, audit_log=events)

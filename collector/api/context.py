@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from collector.alertstore import AlertStore
+from collector.alerts import AlertStore
 from collector.casestore import CaseStore
 from collector.store import IngestReport, Store
 from collector.terminals import TerminalStore

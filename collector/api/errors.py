@@ -1,13 +1,16 @@
 """How the API says no: `{"detail": ...}` with a 4xx, documented on each route.
 
 A request the models cannot judge alone (a silence that would end before now) is refused
-in FastAPI's own 422 shape, so every 422 reads the same. A database that does not answer
-is a 503, logged; never a 500 with a stack trace for the client.
+in FastAPI's own 422 shape, so every 422 reads the same. A 422 names each field at fault
+and why, without the value sent: the value may be what cannot be written as JSON (NaN, a
+lone surrogate) or what must not be echoed (a card number in a note). A database that does
+not answer is a 503, logged; never a 500 with a stack trace for the client.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,9 +40,7 @@ BAD_BODY: dict[int | str, dict[str, Any]] = {
 
 def invalid(message: str, *loc: str | int) -> RequestValidationError:
     """A 422 in FastAPI's shape for what only the route can see is wrong."""
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("body", *loc), "msg": message, "input": None}]
-    )
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": message}])
 
 
 def known_query(request: Request) -> None:
@@ -77,6 +78,36 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
         getattr(exc, "orig", None) or type(exc).__name__,
     )
     return JSONResponse({"detail": "the database did not answer; try again"}, status_code=503)
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 for a request that does not validate: each error's type, location and message
+    (and its context, as plain JSON), never the input."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {key: _plain(value) for key, value in error.items() if key in _SHOWN}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+_SHOWN = ("type", "loc", "msg", "ctx")
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON can carry it: lone surrogates escaped, non-finite numbers and other
+    objects (an exception in a context) as text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {_plain(str(key)): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return _plain(str(value))
 
 
 async def with_allow(request: Request, exc: Exception) -> Response:

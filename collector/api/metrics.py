@@ -67,11 +67,11 @@ class DatabaseCollector(Collector):
             labels=["collector"],
         )
         now = datetime.now(UTC)
-        for row in self.services.store.collectors():
-            value = row["counters"].get("lag_s")
+        for record in self.services.store.collectors():
+            value = record.counters.get("lag_s")
             if isinstance(value, int | float):
-                lag.add_metric([row["collector_id"]], float(value))
-            seen.add_metric([row["collector_id"]], (now - row["seen_at"]).total_seconds())
+                lag.add_metric([record.collector_id], float(value))
+            seen.add_metric([record.collector_id], (now - record.seen_at).total_seconds())
         yield lag
         yield seen
 

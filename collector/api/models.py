@@ -3,33 +3,82 @@
 Times are ISO 8601 with their offset (UTC, `Z`); money is an integer in minor units with
 its ISO 4217 currency beside it; card numbers appear only masked. Request bodies forbid
 unknown fields, and text in them may not hold control characters (a NUL byte is refused
-here rather than by the database).
+here rather than by the database). Free text written by people or systems (notes,
+reasons, summaries, evidence) is `FreeText`: a card number in it is masked when a model is
+made, going in (what is stored) and coming out (whatever the database holds).
+
+Over 400 lines only because it is declarations: one model per resource and request body,
+field by field, with the patterns and validators they share at the top. One module on
+purpose: the OpenAPI document (docs/openapi.json) is generated from these models, and the
+REST API's whole contract reads in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Annotated, Any, Literal, Self
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from collector.cases import CaseState
 from collector.rules import AlertType
 from collector.tokens import NAME_PATTERN, Role
-from posmon.wire.models import Cause, Severity
+from posmon.pan import scrub_tree
+from posmon.wire.models import Cause, FreeText, Severity
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ID_PATTERN = r"^[0-9A-Za-z._:-]{1,64}$"
 TID_PATTERN = r"^[0-9A-Za-z]{8}$"
 MID_PATTERN = r"^[0-9A-Za-z]{15}$"
 BANK_PATTERN = r"^[0-9A-Za-z]{1,11}$"
 _TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-MAX_SILENCE = timedelta(days=366)
+# Pydantic checks a pattern given after FreeText's masking but leaves it out of the JSON
+# Schema; the document states it again.
+_NO_CONTROL: JsonDict = {"pattern": _TEXT_PATTERN}
+MAX_SILENCE = timedelta(days=366)  # the longest silence: a year, leap day included
+# How far ahead a silence may end: far enough to plan any maintenance window, near enough
+# that no time at the edge of the datetime range is stored (and shown in a local zone).
+SILENCE_HORIZON = timedelta(days=3653)
+OUT_OF_RANGE = "out of range: in UTC it falls outside the years 1 to 9999"
 
+
+def in_utc_range(value: datetime) -> bool:
+    """Whether `value` can be written in UTC, as times are compared and stored; one at the
+    edge of the range with an extreme offset (0001-01-01T00:00:00+23:59) cannot."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
+def _utc_representable(value: datetime) -> datetime:
+    if not in_utc_range(value):
+        raise ValueError(OUT_OF_RANGE)
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    AfterValidator(_utc_representable),
+    Field(description="ISO 8601 with its offset, within the years 1 to 9999 in UTC."),
+]
 Note = Annotated[
-    str, Field(max_length=512, pattern=_TEXT_PATTERN, description="Free text, kept with it.")
+    FreeText,
+    Field(
+        max_length=512,
+        pattern=_TEXT_PATTERN,
+        json_schema_extra=_NO_CONTROL,
+        description="Free text, kept with it.",
+    ),
 ]
 Minor = Annotated[int, Field(description="Money in minor units (fen for CNY).")]
+# JSON evidence as stored: every string but typed identifiers is free text, masked likewise.
+Details = Annotated[dict[str, Any], AfterValidator(scrub_tree)]
 
 
 class ApiModel(BaseModel):
@@ -38,32 +87,50 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def of(cls, row: Mapping[str, Any], **values: Any) -> Self:
-        """The model of a stored row (its own fields picked out), with `values` on top."""
-        picked = {name: row[name] for name in cls.model_fields if name in row}
+    def of(cls, row: Mapping[str, Any] | DataclassInstance, **values: Any) -> Self:
+        """The model of a stored row, a mapping or a typed row (its own fields picked out),
+        with `values` on top."""
+        if isinstance(row, Mapping):
+            picked = {name: row[name] for name in cls.model_fields if name in row}
+        else:
+            picked = {name: getattr(row, name) for name in cls.model_fields if hasattr(row, name)}
         return cls.model_validate({**picked, **values})
 
 
 class Problem(ApiModel):
     """Why a request was refused."""
 
-    detail: str
+    detail: FreeText
 
 
 # --- alerts -----------------------------------------------------------------------------
 
 
+AlertStateName = Literal["firing", "acknowledged", "resolved"]
+
+
 class Alert(ApiModel):
     """An alert as stored: the `posmon.alert/1` fields, with who acknowledged it and what
-    silences or groups it."""
+    silences or groups it.
+
+    `state` is named as in `posmon.alert/1`, where an acknowledged alert is still `firing`
+    (acknowledging stops its notifications, not the condition). Before API 1.1 the field
+    was called `status`; that name stays, deprecated, with the same value, until API 2.
+    """
 
     alert_id: str
     fingerprint: str
     type: str = Field(description="An alert type, e.g. SETTLEMENT_FAILED.")
     severity: Severity
-    status: Literal["firing", "acknowledged", "resolved"]
+    state: AlertStateName = Field(
+        description="firing, acknowledged (still firing in posmon.alert/1) or resolved."
+    )
+    status: AlertStateName = Field(
+        deprecated=True,
+        description="Deprecated since API 1.1: the same as `state`; removed in API 2.",
+    )
     cause: Cause
-    summary: str
+    summary: FreeText
     started_at: AwareDatetime
     updated_at: AwareDatetime
     resolved_at: AwareDatetime | None
@@ -76,9 +143,15 @@ class Alert(ApiModel):
     case_id: str | None
     group_id: str | None = Field(description="The BANK_OUTAGE alert that gathers this one.")
     silence_id: str | None = Field(description="The silence that mutes its notification.")
-    acked_by: str | None
+    acked_by: FreeText | None
     acked_at: AwareDatetime | None
-    details: dict[str, Any] | None = Field(description="Evidence and context.")
+    details: Details | None = Field(description="Evidence and context.")
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | DataclassInstance, **values: Any) -> Self:
+        """The alert of a stored row: its `status` column is the alert's `state`."""
+        status = row["status"] if isinstance(row, Mapping) else getattr(row, "status")  # noqa: B009
+        return super().of(row, state=status, **values)
 
 
 class AlertHistoryItem(ApiModel):
@@ -86,8 +159,8 @@ class AlertHistoryItem(ApiModel):
 
     at: AwareDatetime
     event: str
-    actor: str
-    note: str | None
+    actor: FreeText
+    note: FreeText | None
 
 
 class AlertDetail(Alert):
@@ -109,9 +182,14 @@ class SilenceRequest(ApiModel):
     `duration_s`.
     """
 
-    reason: Annotated[str, Field(min_length=1, max_length=256, pattern=_TEXT_PATTERN)]
-    starts_at: AwareDatetime | None = Field(None, description="Default: now.")
-    ends_at: AwareDatetime | None = None
+    reason: Annotated[
+        FreeText,
+        Field(min_length=1, max_length=256, pattern=_TEXT_PATTERN, json_schema_extra=_NO_CONTROL),
+    ]
+    starts_at: Timestamp | None = Field(None, description="Default: now.")
+    ends_at: Timestamp | None = Field(
+        None, description="After starts_at by at most 366 days, and within 10 years from now."
+    )
     duration_s: int | None = Field(None, ge=1, le=int(MAX_SILENCE.total_seconds()))
     type: AlertType | None = None
     bank_code: Annotated[str, Field(pattern=BANK_PATTERN)] | None = None
@@ -148,8 +226,8 @@ class Silence(ApiModel):
     starts_at: AwareDatetime
     ends_at: AwareDatetime
     maintenance: bool
-    reason: str
-    created_by: str
+    reason: FreeText
+    created_by: FreeText
     created_at: AwareDatetime
 
 
@@ -171,7 +249,7 @@ class Case(ApiModel):
     currency: str
     bank_code: str | None
     account_masked: str | None = Field(description="The corrected account, masked.")
-    rejection_reason: str | None
+    rejection_reason: FreeText | None
     alert_id: str | None
     remittance_settlement_id: str | None
     opened_at: AwareDatetime
@@ -182,10 +260,10 @@ class CaseEvent(ApiModel):
     """One line of a case's append-only audit log."""
 
     at: AwareDatetime
-    actor: str
+    actor: FreeText
     from_state: CaseState | None
     to_state: CaseState
-    note: str | None
+    note: FreeText | None
 
 
 class CaseDetail(Case):
@@ -211,17 +289,17 @@ class Transition(ApiModel):
 
 class TimelineEntry(ApiModel):
     at: str
-    what: str
+    what: FreeText
 
 
 class Evidence(ApiModel):
     """A case's evidence package for the bank (card and account numbers masked)."""
 
-    case: dict[str, Any]
-    cause: dict[str, Any]
-    transaction: dict[str, Any] = Field(description="The slip data, as the terminal printed.")
-    settlements: list[dict[str, Any]]
-    terminal_status: list[dict[str, Any]]
+    case: Details
+    cause: Details
+    transaction: Details = Field(description="The slip data, as the terminal printed.")
+    settlements: list[Details]
+    terminal_status: list[Details]
     timeline: list[TimelineEntry]
     generated_at: str
 
@@ -243,7 +321,7 @@ class TerminalStatus(ApiModel):
     host_rtt_ms: int | None
     battery_pct: int | None
     paper: str | None
-    firmware: str | None
+    firmware: FreeText | None
 
 
 class Agent(ApiModel):
@@ -251,7 +329,7 @@ class Agent(ApiModel):
 
     agent_id: str
     state: Literal["online", "offline"]
-    version: str
+    version: FreeText
     observed_at: AwareDatetime
 
 
@@ -314,21 +392,24 @@ class TokenRequest(ApiModel):
 class Token(ApiModel):
     """A token as listed (never the token itself)."""
 
-    name: str
-    role: Role
+    name: FreeText
+    role: Role | None = Field(
+        description="null: the stored role is not one this version knows (written by an "
+        "older one, or by hand); the token is refused until revoked and made again."
+    )
     created_at: AwareDatetime
-    created_by: str
+    created_by: FreeText
     revoked_at: AwareDatetime | None
 
 
 class NewToken(ApiModel):
     """A token just made: `token` is shown this once and stored only as its hash."""
 
-    name: str
+    name: FreeText
     role: Role
     token: str
 
 
 class Health(ApiModel):
     status: Literal["ok"]
-    version: str
+    version: FreeText

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from collector.api.auth import requires
 from collector.api.context import Services
 from collector.api.errors import invalid
-from collector.api.models import Problem, Stored
+from collector.api.models import OUT_OF_RANGE, Problem, Stored, in_utc_range
 from collector.tokens import Role
 from posmon.wire.models import SettlementEvent
 
@@ -50,7 +50,7 @@ def routes(services: Services) -> APIRouter:
         "/settlements",
         response_model=Stored,
         status_code=200,
-        dependencies=[Depends(requires(services, Role.OPERATOR))],
+        dependencies=[Depends(requires(services, Role.ACQUIRER))],
         openapi_extra={"requestBody": _BODY_SCHEMA},
         responses={
             413: {"model": Problem},
@@ -81,6 +81,8 @@ def routes(services: Services) -> APIRouter:
             if _holds_nul(result.model_dump()):
                 # PostgreSQL keeps no NUL in text; refused here, not by the database.
                 raise invalid("text may not contain NUL characters", *where)
+            if not in_utc_range(result.settled_at):
+                raise invalid(OUT_OF_RANGE, *where, "settled_at")
         report = await run_in_threadpool(services.store.ingest, results, "http")
         services.on_report(report)
         return Stored(stored=sum(report.stored.values()), repeats=sum(report.repeats.values()))

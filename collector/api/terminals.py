@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
@@ -17,6 +17,7 @@ from collector.api.models import (
     TerminalStatus,
     Transaction,
 )
+from collector.terminals import AgentPresence, TerminalStatusRow
 from collector.tokens import Role
 
 
@@ -54,16 +55,16 @@ def routes(services: Services) -> APIRouter:
     return router
 
 
-def _agents_by_tid(agents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _agents_by_tid(agents: list[AgentPresence]) -> dict[str, AgentPresence]:
     """tid -> the agent that last said it serves the terminal."""
-    found: dict[str, dict[str, Any]] = {}
-    for agent in sorted(agents, key=lambda row: row["observed_at"]):
-        for tid in agent["tids"] or []:
-            found[str(tid)] = agent
+    found: dict[str, AgentPresence] = {}
+    for agent in sorted(agents, key=lambda row: row.observed_at):
+        for tid in agent.tids:
+            found[tid] = agent
     return found
 
 
-def _terminal(tid: str, status: dict[str, Any] | None, agent: dict[str, Any] | None) -> Terminal:
+def _terminal(tid: str, status: TerminalStatusRow | None, agent: AgentPresence | None) -> Terminal:
     return Terminal(
         tid=tid,
         last_status=TerminalStatus.of(status) if status is not None else None,

@@ -22,7 +22,8 @@ def routes(services: Services) -> APIRouter:
         revoked: Annotated[bool, Query(description="Include revoked tokens.")] = False,
     ) -> list[Token]:
         """The tokens by name and role (never the tokens themselves)."""
-        return [Token.of(row) for row in services.tokens.tokens(revoked=revoked)]
+        rows = services.tokens.tokens(revoked=revoked)
+        return [Token.of(row, role=Role.known(row.role)) for row in rows]
 
     @router.post("/tokens", status_code=201, responses={**CONFLICT, **BAD_BODY})
     def create_token(body: TokenRequest, caller: Caller = admin) -> NewToken:

@@ -124,10 +124,15 @@ class Record:
         return chr(FS).join(parts).encode()
 
 
-# Keys whose values must not be scrubbed: a merchant id is 15 characters, often all digits,
-# and one in ten of those passes Luhn; scrubbing would mask it and make every frame of
-# that merchant invalid. The model checks its shape; dead letters still scrub it.
-_NOT_CARD_NUMBERS = frozenset({"MID"})
+# Keys whose values must not be scrubbed, per frame type: a merchant id is 15 characters,
+# often all digits, and one in ten of those passes Luhn; scrubbing would mask it and make
+# every frame of that merchant invalid. Only TXN and BAT define a MID (CONTRACT §1); on
+# any other frame a MID key is an unknown key, carried in `extra` and scrubbed like any
+# other text. The model checks the MID's shape; dead letters still scrub it.
+_NOT_CARD_NUMBERS: dict[str, frozenset[str]] = {
+    "TXN": frozenset({"MID"}),
+    "BAT": frozenset({"MID"}),
+}
 
 
 def parse_data(data: bytes) -> Record:
@@ -150,12 +155,10 @@ def parse_data(data: bytes) -> Record:
         except PanError as exc:
             fields["PAN"] = "*" * len(fields["PAN"])
             problems.append(f"PAN: {exc.reason}")
+    exempt = _NOT_CARD_NUMBERS.get(type_, frozenset())
     record = Record(
         scrub(type_),
-        {
-            scrub(key): value if key in _NOT_CARD_NUMBERS else scrub(value)
-            for key, value in fields.items()
-        },
+        {scrub(key): value if key in exempt else scrub(value) for key, value in fields.items()},
     )
     if problems:
         raise _RecordParseError("; ".join(problems), record)

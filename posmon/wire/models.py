@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 from uuid import UUID
@@ -25,11 +25,10 @@ from pydantic import (
     StrictInt,
     TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
-from posmon.pan import scrub, visible_digits_ok
+from posmon.pan import scrub, scrub_tree, visible_digits_ok
 
 # --- field types ------------------------------------------------------------------------
 
@@ -52,8 +51,18 @@ def _iso_only(value: object) -> object:
     raise ValueError("not an ISO 8601 date and time")
 
 
+def _in_utc_range(value: datetime) -> datetime:
+    # 0001-01-01T00:00:00+23:59 is a valid time that has no UTC form: every store and
+    # comparison converts to UTC, so it is refused here, at the door, naming the field.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
+
+
 # ISO 8601 text with an offset on the wire (no epoch numbers), aware datetimes in code.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only)]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only), AfterValidator(_in_utc_range)]
 _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
@@ -81,11 +90,17 @@ SignedMinorUnits = Annotated[
 Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 # Used inside MQTT topics, so no '/', '+' or '#'.
 AgentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+# Free text: anything a person, a terminal or an acquirer wrote. Every card-number-shaped
+# digit run in it is masked when a model is built, so no output made from a model (MQTT,
+# database, API, evidence) can carry one. Typed identifiers (tid, mid, rrn, stan, ids) are
+# not free text: their patterns say what they are, and they are left alone.
+FreeText = Annotated[str, AfterValidator(scrub)]
+ShortText = Annotated[FreeText, Field(min_length=1, max_length=256)]
 Extra = Annotated[
     dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")],
-        Annotated[str, Field(max_length=256)],
+        # A key is free text too: '*' is allowed so that a masked card number stays valid.
+        Annotated[FreeText, Field(pattern=r"^[A-Za-z0-9_.*-]{1,32}$")],
+        Annotated[FreeText, Field(max_length=256)],
     ],
     Field(max_length=64, description="Frame keys the contract does not name, carried through."),
 ]
@@ -272,7 +287,7 @@ class StatusEvent(WireModel):
     host_rtt_ms: Count | None = None
     battery_pct: StrictInt | None = Field(None, ge=0, le=100)
     paper: Paper | None = None
-    firmware: str | None = Field(None, min_length=1, max_length=64)
+    firmware: FreeText | None = Field(None, min_length=1, max_length=64)
     heartbeat_only: StrictBool | None = Field(
         None, description="True for a heartbeat: link, network and SAF are the last known."
     )
@@ -306,7 +321,7 @@ class PresenceEvent(WireModel):
     agent_id: AgentId
     state: PresenceState
     tids: list[Tid] = Field(max_length=256)
-    version: str = Field(min_length=1, max_length=32)
+    version: FreeText = Field(min_length=1, max_length=32)
     observed_at: Timestamp
 
 
@@ -368,7 +383,9 @@ class AlertEvent(WireModel):
     amount_at_risk: MinorUnits | None = None
     currency: Currency | None = None
     case_id: str | None = Field(None, pattern=r"^[0-9A-Za-z._:-]{1,64}$")
-    details: dict[str, Any] | None = None
+    details: Annotated[dict[str, Any], AfterValidator(scrub_tree)] | None = Field(
+        None, description="Evidence and context; free text in it shows card numbers masked."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -390,22 +407,17 @@ class DeadLetter(WireModel):
     SCHEMA: ClassVar[str] = "posmon.deadletter/1"
     schema_: Literal["posmon.deadletter/1"] = Field("posmon.deadletter/1", alias="schema")
     event_id: UUID
-    source: str = Field(
+    source: FreeText = Field(
         min_length=1, max_length=256, description="Who rejected it: agent port or collector."
     )
-    reason: str = Field(min_length=1, max_length=1024)
-    payload: str = Field(max_length=65536)
+    # Dead letters are published and stored: whatever produced one, no card number leaves
+    # in it.
+    reason: FreeText = Field(min_length=1, max_length=1024)
+    payload: FreeText = Field(max_length=65536)
     observed_at: Timestamp
     agent_id: AgentId | None = None
     tid: Tid | None = None
-    topic: str | None = Field(None, max_length=1024)
-
-    @field_validator("payload", "reason", mode="after")
-    @classmethod
-    def _masked(cls, value: str) -> str:
-        # Dead letters are published and stored: whatever produced one, no card number
-        # leaves in it.
-        return scrub(value)
+    topic: FreeText | None = Field(None, max_length=1024)
 
 
 WireMessage = (

@@ -4,7 +4,9 @@
 (`advance(now)`), and hands back the settlement results that have come due and the
 ground-truth lines of the faults it injected. It never reads a clock, a socket or a file,
 so tests drive it with made-up times and the runner (`simulators.acquirer.runner`) only
-moves bytes.
+moves bytes. An event is taken at its time: whatever was due before it has happened by
+then, however seldom the caller gets round to `advance()` (a loaded machine), so what the
+acquirer does depends on the virtual times alone.
 
 What it settles: every approved SALE and PREAUTH_COMPLETION, once, per its merchant's
 terms (`SettlementTerms`): T1, D0 or T0, fee in basis points rounded half up, net =
@@ -25,7 +27,7 @@ import itertools
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -46,6 +48,7 @@ from posmon.wire.models import (
 from simulators.acquirer import faults
 from simulators.acquirer.faults import FaultRates, Scenarios
 from simulators.acquirer.terms import (
+    INSTANT_HOLD,
     BusinessCalendar,
     MerchantProfile,
     SettlementMode,
@@ -65,6 +68,7 @@ DUPLICATE_CODE = "B203"
 MISMATCH_CODE = "O302"
 UNCLOSED_BATCH_CODE = "O301"
 OFFLINE_CODE = "N401"
+VOID_CODE = "O303"
 
 _T1_DAY_START = time(6, 0)  # T1 credits go out between this and the cut-off
 
@@ -153,6 +157,14 @@ class _Txn:
     state: _State = _State.SCHEDULED
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     void_ignored: bool = False  # voided at the terminal, the void lost by the acquirer
+    # Once decided: when each settlement line goes out, whether a credit has gone out, the
+    # ground-truth line of the decision and whether it has been written (see `_cancel`).
+    line_times: list[datetime] = field(default_factory=list)
+    credited_out: bool = False
+    decided_truth: TruthRecord | None = None
+    revealed: bool = False
+    void_told: bool = False  # the VOID_IGNORED line is written (see `_tell_void_ignored`)
+    withdrawn: bool = False  # voided before it was paid: lines not yet out never go
 
     @property
     def key(self) -> tuple[str, str]:
@@ -177,6 +189,7 @@ class _LostDeadline:
 @dataclass(frozen=True, slots=True)
 class _Emit:
     settlement: SettlementEvent
+    txn: _Txn | None = None  # None: a line of no transaction (an orphan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +197,16 @@ class _Record:
     record: TruthRecord
 
 
-_Action = _Attempt | _BatchDeadline | _LostDeadline | _Emit | _Record
+@dataclass(frozen=True, slots=True)
+class _Reveal:
+    """A transaction's ground-truth line, written when its fault becomes visible."""
+
+    txn: _Txn
+    record: TruthRecord
+    credited: bool  # the fault's lines include a credit
+
+
+_Action = _Attempt | _BatchDeadline | _LostDeadline | _Emit | _Record | _Reveal
 
 
 class AcquirerCore:
@@ -201,9 +223,12 @@ class AcquirerCore:
         self._profiles = {profile.mid: profile for profile in self.config.merchants}
         self._queue: list[tuple[datetime, int, _Action]] = []
         self._order = itertools.count()
+        self._out: list[SettlementEvent] = []  # due, not yet handed back by advance()
         self._truth: list[TruthRecord] = []
         self._txns: dict[tuple[str, str], _Txn] = {}
         self._finished: set[tuple[str, str]] = set()
+        # Decided transactions, until nothing of theirs is left to publish.
+        self._decided: dict[tuple[str, str], _Txn] = {}
         self._cancelled_early: set[tuple[str, str]] = set()  # void seen before its sale
         self._by_stan: dict[tuple[str, str], str] = {}  # (tid, stan) -> rrn
         self._seen_events: set[str] = set()
@@ -241,8 +266,14 @@ class AcquirerCore:
         return profile
 
     def receive(self, event: WireMessage, now: datetime) -> None:
-        """Take in one terminal event (TXN, status or batch) that arrived at `now` (virtual)."""
+        """Take in one terminal event (TXN, status or batch) that arrived at `now` (virtual).
+
+        What came due before `now` happens first (the next `advance()` hands it back): a
+        void that arrives after a credit's time finds the sale paid, whether or not the
+        caller has asked for that credit yet.
+        """
         _aware(now)
+        self._run_due(now)
         if isinstance(event, TxnEvent):
             self._receive_txn(event, now)
         elif isinstance(event, StatusEvent):
@@ -256,31 +287,39 @@ class AcquirerCore:
     def advance(self, now: datetime) -> Step:
         """Everything that has come due by `now` (virtual): settlements and truth lines."""
         _aware(now)
+        self._run_due(now)
+        settlements, self._out = self._out, []
+        truth, self._truth = self._truth, []
+        return Step(tuple(settlements), tuple(truth))
+
+    def _run_due(self, now: datetime) -> None:
+        """Do what is due by `now`, in time order; its output waits for `advance()`."""
         if self._last_now is not None and now < self._last_now:
             now = self._last_now  # time does not run backwards, even if a caller's does
         self._last_now = now
         if not self._started:
             self._started = True
             self._announce_frozen(now)
-        settlements: list[SettlementEvent] = []
         while self._queue and self._queue[0][0] <= now:
             when, _, action = heapq.heappop(self._queue)
             if isinstance(action, _Emit):
-                settlements.append(action.settlement)
-                self.counters[f"settlement_{action.settlement.status.value.lower()}"] += 1
+                if self._emit(action):
+                    self._out.append(action.settlement)
             elif isinstance(action, _Record):
                 self._record(action.record)
+            elif isinstance(action, _Reveal):
+                self._reveal(action)
             elif isinstance(action, _Attempt):
                 self._attempt(action.txn, when)
             elif isinstance(action, _LostDeadline):
                 self._lost_deadline(action.txn, when)
             else:
                 self._batch_deadline(action.txn, when)
-        truth, self._truth = self._truth, []
-        return Step(tuple(settlements), tuple(truth))
 
     def next_due(self) -> datetime | None:
         """When `advance()` next has something to do, or None when nothing is scheduled."""
+        if (self._out or self._truth) and self._last_now is not None:
+            return self._last_now  # done while taking an event in, not handed back yet
         return self._queue[0][0] if self._queue else None
 
     @property
@@ -291,7 +330,10 @@ class AcquirerCore:
     @property
     def queued_settlements(self) -> int:
         """Settlement lines decided but not yet due (late credits, returns, duplicates)."""
-        return sum(isinstance(action, _Emit) for _, _, action in self._queue)
+        return sum(
+            isinstance(action, _Emit) and not (action.txn and action.txn.withdrawn)
+            for _, _, action in self._queue
+        )
 
     # --- intake -------------------------------------------------------------------------
 
@@ -377,19 +419,68 @@ class AcquirerCore:
             return
         key = (event.tid, rrn)
         txn = self._txns.get(key)
-        if txn is None:
-            if key not in self._finished:
-                self._cancelled_early.add(key)
-            return  # already settled: the acquirer takes it back another way
-        live = txn.state in (_State.SCHEDULED, _State.WAITING_BATCH)
-        if live and self._void_rng.random() < self.config.rates.void_ignored:
-            txn.void_ignored = True  # see _fault: what happens to the sale is recorded then
-            return
-        if live or txn.state is _State.LOST:
+        if txn is not None:
+            live = txn.state in (_State.SCHEDULED, _State.WAITING_BATCH)
+            if live and self._void_rng.random() < self.config.rates.void_ignored:
+                txn.void_ignored = True  # see _reveal: what happens to the sale is told then
+                return
             txn.state = _State.CANCELLED
             del self._txns[key]
             self._finished.add(key)
             self._note_cancelled(txn, now)
+            return
+        decided = self._decided.get(key)
+        if decided is not None:
+            self._cancel_decided(decided, now)
+        elif key not in self._finished:
+            self._cancelled_early.add(key)
+
+    def _cancel_decided(self, txn: _Txn, now: datetime) -> None:
+        """A void of a sale already decided: its lines and truth may still be on their way."""
+        if txn.withdrawn or txn.void_ignored:
+            return  # a second void of the same sale
+        if txn.credited_out:
+            self._void_after_credit(txn, now)
+            return
+        # Decided but not paid yet: the void comes first (the documented precedence),
+        # unless this acquirer loses it.
+        if self._void_rng.random() < self.config.rates.void_ignored:
+            txn.void_ignored = True
+            return
+        txn.withdrawn = True
+        if not txn.revealed:
+            self._note_cancelled(txn, now)
+
+    def _void_after_credit(self, txn: _Txn, now: datetime) -> None:
+        """An approved void of a sale already credited: what a host should have refused.
+
+        The acquirer stops what is still to come for the sale (a return, a second credit)
+        and the ground truth says what happened; the collector sees a voided sale that was
+        paid (REVERSED_BUT_SETTLED), which someone has to take back.
+        """
+        txn.withdrawn = True
+        event = txn.event
+        self._record(
+            TruthRecord(
+                kind=FaultKind.VOID_AFTER_CREDIT,
+                cause=Cause.OPERATOR,
+                scenario=Scenario.LATE_VOID,
+                injected_at=now,
+                tid=event.tid,
+                mid=event.mid,
+                rrn=event.rrn,
+                stan=event.stan,
+                batch=event.batch,
+                bank_code=txn.bank_code,
+                reason_code=VOID_CODE,
+                amount=event.amount,
+                currency=event.currency,
+                expected_net=txn.profile.terms.net(event.amount),
+                deadline=txn.deadline,
+                settled_at=_whole_second(now, self.config.tz),
+                note="voided at the terminal after the sale was credited: a refund was due",
+            )
+        )
 
     def _first_time(self, event_id: str) -> bool:
         if event_id in self._seen_events:
@@ -477,11 +568,16 @@ class AcquirerCore:
     def _credit_time(
         self, terms: SettlementTerms, txn_time: datetime, deadline: datetime, roll: float
     ) -> datetime:
-        """When an on-time credit goes out: somewhere inside the merchant's window."""
-        if terms.mode is SettlementMode.T0:
-            return txn_time + (deadline - txn_time) * (0.1 + 0.8 * roll)
-        if terms.mode is SettlementMode.D0:
-            return txn_time + (deadline - txn_time) * (0.05 + 0.9 * roll)
+        """When an on-time credit goes out: somewhere inside the merchant's window.
+
+        D0 and T0 credits wait at least `INSTANT_HOLD` (at most half the window), the time
+        a terminal may still void the sale.
+        """
+        if terms.mode is not SettlementMode.T1:
+            window = deadline - txn_time
+            share = 0.1 if terms.mode is SettlementMode.T0 else 0.05
+            hold = min(max(window * share, INSTANT_HOLD), window / 2)
+            return txn_time + hold + (window * 0.9 - hold) * roll
         local_deadline = deadline.astimezone(self.config.tz)
         day_start = datetime.combine(
             local_deadline.date(),
@@ -498,9 +594,7 @@ class AcquirerCore:
             return
         if self._batch_open(txn, at):
             return
-        txn.state = _State.DONE
-        del self._txns[txn.key]
-        self._finished.add(txn.key)
+        self._done(txn)
         self._decide(txn, at)
 
     def _batch_open(self, txn: _Txn, at: datetime) -> bool:
@@ -523,9 +617,7 @@ class AcquirerCore:
     def _lost_deadline(self, txn: _Txn, at: datetime) -> None:
         if txn.state is not _State.LOST:
             return  # voided or reversed in the meantime: nothing was owed
-        txn.state = _State.DONE
-        del self._txns[txn.key]
-        self._finished.add(txn.key)
+        self._done(txn)
         self._fault(
             txn,
             FaultKind.MISSING,
@@ -539,9 +631,7 @@ class AcquirerCore:
     def _batch_deadline(self, txn: _Txn, at: datetime) -> None:
         if txn.state is not _State.WAITING_BATCH:
             return
-        txn.state = _State.DONE
-        del self._txns[txn.key]
-        self._finished.add(txn.key)
+        self._done(txn)
         self._fault(
             txn,
             FaultKind.MISSING,
@@ -551,6 +641,13 @@ class AcquirerCore:
             code=UNCLOSED_BATCH_CODE,
             note=f"batch {txn.event.batch} not closed by the deadline",
         )
+
+    def _done(self, txn: _Txn) -> None:
+        """The transaction is decided: no longer owed, its lines and truth on their way."""
+        txn.state = _State.DONE
+        del self._txns[txn.key]
+        self._finished.add(txn.key)
+        self._decided[txn.key] = txn
 
     def _decide(self, txn: _Txn, at: datetime) -> None:
         """Settle `txn` at `at`: scenarios first, then its own random fault, else on time."""
@@ -607,7 +704,7 @@ class AcquirerCore:
                     settlements=(credited,),
                     note="the simulator heard of the transaction after its deadline",
                 )
-            elif self.config.record_normal or txn.void_ignored:
+            else:  # written only with record_normal, or as VOID_IGNORED (see _reveal)
                 self._fault(txn, FaultKind.NORMAL, None, None, at, settlements=(credited,))
             return
         self._random_fault(txn, at)
@@ -717,7 +814,8 @@ class AcquirerCore:
             bank_code=txn.bank_code,
             account_masked=txn.profile.account_masked,
         )
-        self._push(at, _Emit(settlement))
+        txn.line_times.append(at)
+        self._push(at, _Emit(settlement, txn))
         return settlement
 
     def _schedule_orphan(self, orphan: SettlementEvent, now: datetime) -> None:
@@ -756,44 +854,128 @@ class AcquirerCore:
         settlements: tuple[SettlementEvent, ...] = (),
         note: str | None = None,
     ) -> None:
+        """The transaction's ground-truth line, written when the fault becomes visible.
+
+        Visible: at the deadline for money that does not come in time (MISSING, LATE), else
+        when the fault's last line goes out. A void that arrives before then withdraws the
+        whole fault (`_cancel`): the truth never names what was not done. A void the
+        acquirer lost shows with the sale's first credit instead (`_tell_void_ignored`).
+        """
+        record = self._truth_record(
+            txn, kind, cause, scenario, at, code=code, settlements=settlements, note=note
+        )
+        if kind in (FaultKind.MISSING, FaultKind.LATE):
+            visible = max(txn.deadline, at)
+        else:
+            visible = max(txn.line_times, default=at)
+        txn.decided_truth = record
+        self._push(visible, _Reveal(txn, record, record.credited_net is not None))
+
+    def _truth_record(
+        self,
+        txn: _Txn,
+        kind: FaultKind,
+        cause: Cause | None,
+        scenario: Scenario | None,
+        at: datetime,
+        *,
+        code: str | None = None,
+        settlements: tuple[SettlementEvent, ...] = (),
+        note: str | None = None,
+    ) -> TruthRecord:
         event = txn.event
         credited = [s for s in settlements if s.status is SettlementStatus.CREDITED]
+        return TruthRecord(
+            kind=kind,
+            cause=cause,
+            scenario=scenario,
+            injected_at=at,
+            tid=event.tid,
+            mid=event.mid,
+            rrn=event.rrn,
+            stan=event.stan,
+            batch=event.batch,
+            bank_code=txn.bank_code,
+            reason_code=code,
+            settlement_ids=tuple(s.settlement_id for s in settlements),
+            amount=event.amount,
+            currency=event.currency,
+            expected_net=txn.profile.terms.net(event.amount),
+            credited_net=credited[0].net_amount if credited else None,
+            deadline=txn.deadline,
+            settled_at=settlements[-1].settled_at if settlements else None,
+            note=note,
+        )
+
+    def _reveal(self, action: _Reveal) -> None:
+        txn, record = action.txn, action.record
+        if txn.withdrawn or txn.void_told:
+            return  # voided before anything of it showed, or told with its credit
         if txn.void_ignored:
-            # Voided at the terminal: a credit is the fault, a failure concerns nothing owed.
-            if credited:
-                kind, cause, scenario = FaultKind.VOID_IGNORED, Cause.OPERATOR, Scenario.RANDOM
-                note = "the void or reversal was not processed: the sale was credited anyway"
-            else:
-                kind, cause, scenario = FaultKind.CANCELLED, None, None
-                note = "voided or reversed; what the acquirer did with it concerns nothing owed"
+            if action.credited:
+                return  # told when the credit goes out (`_emit`), not before
+            # Voided at the terminal: a failure concerns nothing owed.
+            record = replace(
+                record,
+                kind=FaultKind.CANCELLED,
+                cause=None,
+                scenario=None,
+                note="voided or reversed; what the acquirer did with it concerns nothing owed",
+            )
+        txn.revealed = True
+        if record.kind is FaultKind.NORMAL and not self.config.record_normal:
+            return
+        self._record(record)
+
+    def _emit(self, action: _Emit) -> bool:
+        """Whether a due line goes out (a void may have withdrawn it meanwhile)."""
+        txn, settlement = action.txn, action.settlement
+        if txn is not None:
+            if txn.withdrawn:
+                self.counters["withdrawn_by_void"] += 1
+                return False
+            if settlement.status is SettlementStatus.CREDITED:
+                txn.credited_out = True
+                if txn.void_ignored:
+                    self._tell_void_ignored(txn, settlement)
+        self.counters[f"settlement_{settlement.status.value.lower()}"] += 1
+        return True
+
+    def _tell_void_ignored(self, txn: _Txn, credit: SettlementEvent) -> None:
+        """The VOID_IGNORED line, written with the first credit of a sale whose void was lost.
+
+        That credit is when the fault shows: the collector then holds a voided sale that
+        was paid (REVERSED_BUT_SETTLED). The sale's own fault (a return, a second credit
+        to come) is folded into this line; a fault already told (a LATE line at the
+        deadline, before the void came) keeps its line, and this one is added.
+        """
+        if txn.void_told:
+            return
+        txn.void_told = True
+        txn.revealed = True
+        base = txn.decided_truth
+        assert base is not None  # a credit goes out only once the sale is decided
         self._record(
-            TruthRecord(
-                kind=kind,
-                cause=cause,
-                scenario=scenario,
-                injected_at=at,
-                tid=event.tid,
-                mid=event.mid,
-                rrn=event.rrn,
-                stan=event.stan,
-                batch=event.batch,
-                bank_code=txn.bank_code,
-                reason_code=code,
-                settlement_ids=tuple(s.settlement_id for s in settlements),
-                amount=event.amount,
-                currency=event.currency,
-                expected_net=txn.profile.terms.net(event.amount),
-                credited_net=credited[0].net_amount if credited else None,
-                deadline=txn.deadline,
-                settled_at=settlements[-1].settled_at if settlements else None,
-                note=note,
+            replace(
+                base,
+                kind=FaultKind.VOID_IGNORED,
+                cause=Cause.OPERATOR,
+                scenario=Scenario.RANDOM,
+                reason_code=None,
+                credited_net=credit.net_amount,
+                settled_at=credit.settled_at,
+                note="the void or reversal was not processed: the sale was credited anyway",
             )
         )
 
     def _note_cancelled(self, txn: _Txn, at: datetime) -> None:
         self.counters["cancelled"] += 1
         if self.config.record_normal:
-            self._fault(txn, FaultKind.CANCELLED, None, None, at, note="voided or reversed")
+            self._record(
+                self._truth_record(
+                    txn, FaultKind.CANCELLED, None, None, at, note="voided or reversed"
+                )
+            )
 
     def _announce_frozen(self, now: datetime) -> None:
         for frozen in self.config.scenarios.frozen:

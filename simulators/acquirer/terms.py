@@ -24,6 +24,13 @@ import holidays
 
 from posmon.pan import visible_digits_ok
 
+# D0 and T0 are instant-settlement products: each sale is paid out on its own, none sooner
+# than INSTANT_HOLD after it (or halfway through its window, if that is shorter). Until
+# then the host still lets the terminal void it; the simulated terminals of such merchants
+# void only sales at most VOID_WINDOW old, and refund older ones (simulators.stream).
+INSTANT_HOLD = timedelta(hours=1)
+VOID_WINDOW = timedelta(minutes=10)
+
 _HALF_UP = 5_000  # basis points are 1/10,000: adding half of that rounds half up
 _BASIS = 10_000
 

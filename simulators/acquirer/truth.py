@@ -28,6 +28,7 @@ class FaultKind(StrEnum):
     DUPLICATE = "DUPLICATE"  # CREDITED twice
     ORPHAN = "ORPHAN"  # a settlement for a transaction that never existed
     VOID_IGNORED = "VOID_IGNORED"  # a void or reversal not processed: credited anyway
+    VOID_AFTER_CREDIT = "VOID_AFTER_CREDIT"  # voided at the terminal after the credit
     LATE = "LATE"  # CREDITED after the deadline
     BANK_OUTAGE = "BANK_OUTAGE"  # scenario: a bank is down for a window
     MERCHANT_FROZEN = "MERCHANT_FROZEN"  # scenario: a merchant's settlements all fail
@@ -44,6 +45,7 @@ class Scenario(StrEnum):
     OFFLINE = "offline"  # stuck in the terminal's SAF queue
     UNCLOSED_BATCH = "unclosed_batch"
     LATE_ARRIVAL = "late_arrival"  # the simulator heard of the transaction after its deadline
+    LATE_VOID = "late_void"  # the void reached the acquirer after the sale's credit
 
 
 @dataclass(frozen=True, slots=True)

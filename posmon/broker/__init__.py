@@ -1,0 +1,1 @@
+"""The broker side of posmon: identities, ACLs and the PKI for mutual TLS (issue #14)."""
