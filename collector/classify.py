@@ -5,11 +5,13 @@ evidence first, in the order an acquirer's own processing goes (the acquirer sim
 precedence: offline > batch gate > frozen merchant > bank > the sale's own fault):
 
 1. for a settlement that never came, the terminal's state when the sale was made
-   (approved offline, LINK=DOWN, a SAF backlog in its latest status): NETWORK. The host
-   never saw the sale, so nothing else about it (its merchant, its bank) can have held its
-   money back. Unless other offline sales of its batch have settlement results since
-   (credited, failed or returned): then the terminal's uploads reach the acquirer, and
-   the network explains nothing;
+   (approved offline, LINK=DOWN in its latest status, or a SAF backlog with either):
+   NETWORK. The host never saw the sale, so nothing else about it (its merchant, its bank)
+   can have held its money back. A SAF backlog alone, with the link up and the sale
+   approved online (an RC other than Y1/Y3), is other sales being uploaded: the host
+   answered this one, so it is only evidence. And when other offline sales of its batch
+   have settlement results since (credited, failed or returned), the terminal's uploads
+   reach the acquirer, and the network explains nothing;
 2. for a settlement that never came, its batch never closed (no BAT, or only a close that
    FAILed on the terminal): OPERATOR, when the merchant is paid out of closed batches
    (T1): the sale was never submitted for settlement. D0 and T0 merchants are paid sale
@@ -135,6 +137,7 @@ def classify(  # noqa: PLR0911 - one return per rule, in the order the docstring
             )
         elif network:
             return Classification(Cause.NETWORK, evidence + network)
+        evidence.extend(_uploading(facts))
         if not facts.batch_gated:
             pass  # D0 and T0 are paid sale by sale: the batch holds nothing back
         elif facts.batch_closed is False:
@@ -175,14 +178,14 @@ def _by_outcome(facts: Facts, evidence: list[str]) -> Classification:
     if outcome in NEVER_CAME and facts.terminal is not None:
         if facts.batch_closed:
             evidence.append(
-                "the terminal was online with no SAF backlog and closed its batch: "
+                "nothing at the terminal held the sale back and its batch closed: "
                 "the credit is late at the acquirer or bank"
             )
             return Classification(Cause.BANK_SYSTEM, evidence)
         if not facts.batch_gated:
             evidence.append(
-                "the terminal was online with no SAF backlog, and the merchant is paid sale "
-                "by sale (D0/T0), whatever its batch: the credit is late at the acquirer or bank"
+                "nothing at the terminal held the sale back, and the merchant is paid sale by "
+                "sale (D0/T0), whatever its batch: the credit is late at the acquirer or bank"
             )
             return Classification(Cause.BANK_SYSTEM, evidence)
     evidence.append("no evidence points to a cause")
@@ -190,16 +193,34 @@ def _by_outcome(facts: Facts, evidence: list[str]) -> Classification:
 
 
 def _network(facts: Facts) -> list[str]:
+    """Why the host may never have seen the sale; empty when nothing says so."""
     found: list[str] = []
-    if facts.rc in OFFLINE_APPROVALS:
+    offline = facts.rc in OFFLINE_APPROVALS
+    if offline:
         found.append(f"approved offline (RC {facts.rc}): the host never saw it")
     terminal = facts.terminal
     if terminal is not None:
         if terminal.link_down:
             found.append("the terminal reported LINK=DOWN around the transaction")
-        if terminal.saf_max > 0:
+        # A SAF backlog with the link up is other sales being uploaded: a sale the host
+        # approved online (an RC other than Y1/Y3) was not among them.
+        if terminal.saf_max > 0 and (offline or terminal.link_down):
             found.append(f"the terminal held {terminal.saf_max} offline transactions (SAF)")
     return found
+
+
+def _uploading(facts: Facts) -> list[str]:
+    """The SAF backlog of a terminal whose link was up, beside a sale approved online."""
+    terminal = facts.terminal
+    if terminal is None or terminal.saf_max == 0 or terminal.link_down:
+        return []
+    if facts.rc in OFFLINE_APPROVALS:
+        return []
+    return [
+        f"the terminal was uploading {terminal.saf_max} offline transactions (SAF) with its "
+        f"link up, but the host approved this sale online (RC {facts.rc}): it was not "
+        "among them"
+    ]
 
 
 def _bank(facts: Facts) -> list[str]:

@@ -559,10 +559,9 @@ def test_a_void_that_arrives_before_its_sale_still_cancels_it() -> None:
     "offline",
     [
         [status(FRIDAY - timedelta(minutes=1), link_up=False)],
-        [status(FRIDAY - timedelta(minutes=1), link_up=True, saf=3)],
         [],  # no status at all, but approved offline (Y3)
     ],
-    ids=["link-down", "saf-pending", "offline-approval"],
+    ids=["link-down", "offline-approval"],
 )
 def test_a_sale_taken_offline_gets_no_settlement(offline: list[StatusEvent]) -> None:
     rc = "00" if offline else "Y3"
@@ -592,6 +591,17 @@ def test_a_sale_taken_offline_and_voided_before_its_deadline_was_owed_nothing() 
     run.until(FRIDAY + timedelta(days=4))
     assert run.settlements == []
     assert [(r.kind, r.rrn) for r in run.truth] == [(FaultKind.CANCELLED, rrn(1))]
+
+
+def test_a_sale_approved_online_while_older_sales_upload_is_settled() -> None:
+    # LINK=UP with a SAF backlog: the backlog is older sales being uploaded, and a sale
+    # the host approved online (RC 00) reached it, so offline_lost does not touch it.
+    run = Run(config(rates=FaultRates(offline_lost=1.0)))
+    run.feed(status(FRIDAY - timedelta(minutes=1), link_up=True, saf=3))
+    run.feed(sale(rrn(1), FRIDAY, rc="00"), batch_close(FRIDAY + timedelta(hours=1)))
+    run.until(FRIDAY + timedelta(days=4))
+    assert [s.rrn for s in run.settlements] == [rrn(1)]
+    assert run.truth == []
 
 
 def test_offline_sales_settle_when_offline_lost_is_zero() -> None:

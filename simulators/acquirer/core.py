@@ -490,8 +490,11 @@ class AcquirerCore:
         return True
 
     def _offline(self, event: TxnEvent) -> bool:
-        link_up, saf = self._links.get(event.tid, (True, 0))
-        return event.rc in OFFLINE_CODES or not link_up or saf > 0
+        """Taken offline: approved offline, or while the terminal's last status said
+        LINK=DOWN. A SAF backlog with the link up is other sales being uploaded; a sale
+        approved online then reached the host (the collector's classifier, rule 1)."""
+        link_up, _saf = self._links.get(event.tid, (True, 0))
+        return event.rc in OFFLINE_CODES or not link_up
 
     # --- random draws -------------------------------------------------------------------
 

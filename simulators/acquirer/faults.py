@@ -8,9 +8,10 @@ precedence over the random faults:
 - `frozen`: every settlement of these merchants FAILS with a merchant code (M102 ...);
 - `outages`: between two virtual times, settlements to one bank FAIL with a bank code
   or are DELAYED past their deadline and then credited;
-- `offline_lost`: a transaction the terminal reported while its link was down, its SAF
-  queue was not empty, or that was approved offline (RC Y1/Y3) is never uploaded and gets
-  no settlement at all;
+- `offline_lost`: a transaction the terminal reported while its link was down, or that
+  was approved offline (RC Y1/Y3), is never uploaded and gets no settlement at all (a SAF
+  backlog with the link up is older sales being uploaded: a sale approved online then
+  reached the host);
 - the batch gate (`AcquirerConfig.batch_gate`): a T1 transaction whose batch was never
   closed (no BAT) by its deadline gets no settlement.
 """
