@@ -194,6 +194,8 @@ settlements = Table(
     Column("outcome", String(24), nullable=False),
     Index("ix_settlements_match", "outcome", "tid", "rrn"),
     Index("ix_settlements_transaction", "transaction_id"),
+    # A transaction's settlements whatever their outcome (a case's evidence).
+    Index("ix_settlements_key", "tid", "rrn"),
 )
 
 outcome_log = Table(
@@ -342,6 +344,9 @@ alerts = Table(
     Index("ix_alerts_bank_occurred", "bank_code", "occurred_at"),
     Index("ix_alerts_fingerprint", "fingerprint"),
     Index("ix_alerts_group", "group_id"),
+    # The newest alerts first (GET /alerts?state=all), and one terminal's.
+    Index("ix_alerts_started", "started_at"),
+    Index("ix_alerts_tid_time", "tid", "started_at"),
 )
 
 alert_history = Table(
@@ -435,6 +440,7 @@ cases = Table(
     Index("ix_cases_state", "state", "state_since"),
     Index("ix_cases_tid", "tid"),
     Index("ix_cases_mid", "mid"),
+    Index("ix_cases_opened", "opened_at"),  # the newest cases first (GET /cases?state=all)
 )
 
 # Append-only: every state change of every case, who made it and why.
@@ -472,4 +478,22 @@ api_tokens = Table(
         sqlite_where=text("revoked_at IS NULL"),
         postgresql_where=text("revoked_at IS NULL"),
     ),
+)
+
+
+# --- row counts: collector/store/counts.py (kept by triggers, migration 0008) -----------------
+
+# How many rows each growing table holds, and transactions per outcome, kept by the
+# database's own triggers on every insert, delete and outcome change, so that /metrics and
+# `collector status` read a few rows instead of counting millions. A table's count is the
+# sum of its rows over `shard`: on PostgreSQL each connection adds to its own (its backend
+# pid), so collectors sharing a database never wait on each other's counter row; the
+# collector folds the shards of connections that have gone into shard 0. SQLite has one
+# writer and one shard, 0.
+row_counts = Table(
+    "row_counts",
+    metadata,
+    Column("name", String(40), primary_key=True),  # a table, or outcome.<OUTCOME>
+    Column("shard", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+# How often the counter shards of ended connections are folded (collector.store.counts).
+FOLD_COUNTS_S = 600.0
 _QUIET = frozenset({Outcome.SETTLED, Outcome.PENDING, Outcome.NOT_EXPECTED, Outcome.CANCELLED})
 
 
@@ -108,6 +111,7 @@ class Collector:
         self.overdue = OverdueWatch(
             self.store, self.clock.now, self.report, scale=config.clock.scale
         )
+        self._folded_at: float | None = None  # monotonic; None: not yet
         channels = channels_for(
             config.notify, alert_login(config), f"posmon-collector-{self.id}-alerts", self.topics
         )
@@ -199,6 +203,10 @@ class Collector:
         collector: ingest holds its acks and the other threads retry meanwhile."""
         try:
             self.store.record_collector(self.started_at, self.ingestor.filters, self.status())
+            now = time.monotonic()
+            if self._folded_at is None or now - self._folded_at >= FOLD_COUNTS_S:
+                self._folded_at = now
+                self.store.fold_counts()
             if isinstance(self.ingestor, Ingestor) and self.ingestor.cover_filters:
                 self.ingestor.cover(self._gone_peers())
             gauges = self.cases.gauges(self.clock.now())

@@ -83,13 +83,37 @@ class TerminalStore:
         self.reads = reads
 
     def latest_statuses(self, tid: str | None = None) -> dict[str, TerminalStatusRow]:
-        """tid -> its latest status (of one terminal when `tid` is given)."""
+        """tid -> its latest status by when its agent saw it (of one terminal when `tid`
+        is given): a status replayed late from an agent's outbox does not hide a newer one.
+
+        One index seek per terminal on (tid, observed_at), not a scan of every status
+        stored: the terminals are walked in tid order (each the smallest tid above the
+        last), and each one's newest status is read from the end of its index range.
+        """
         key = status_events.c
-        latest = select(func.max(key.id).label("id")).group_by(key.tid)
         if tid is not None:
-            latest = latest.where(key.tid == tid)
-        newest = latest.subquery()
-        query = select(status_events).join(newest, key.id == newest.c.id)
+            one = (
+                select(status_events)
+                .where(key.tid == tid)
+                .order_by(key.observed_at.desc(), key.id.desc())
+                .limit(1)
+            )
+            return {row["tid"]: TerminalStatusRow.from_row(row) for row in self._rows(one)}
+        walk = select(func.min(key.tid).label("tid")).cte("tids", recursive=True)
+        walk = walk.union_all(
+            select(select(func.min(key.tid)).where(key.tid > walk.c.tid).scalar_subquery()).where(
+                walk.c.tid.is_not(None)
+            )
+        )
+        newest = (
+            select(key.id)
+            .where(key.tid == walk.c.tid)
+            .order_by(key.observed_at.desc(), key.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        ids = select(newest.label("id")).where(walk.c.tid.is_not(None)).subquery("newest")
+        query = select(status_events).join(ids, key.id == ids.c.id)
         return {row["tid"]: TerminalStatusRow.from_row(row) for row in self._rows(query)}
 
     def agents(self) -> list[AgentPresence]:

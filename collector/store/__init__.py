@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 
 from collector.correlate import Outcome
 from collector.store.collectors import CollectorRecords
+from collector.store.counts import RowCounts
 from collector.store.deadlines import Deadlines
 from collector.store.engine import MIGRATIONS, Engines
 from collector.store.intake import Intake, new_deadletter
@@ -97,6 +98,7 @@ class Store:
         )
         self._deadlines = Deadlines(self._engines, outcomes)
         self._queries = Queries(self._engines.reads)
+        self._counts = RowCounts(self._engines.writes, self._engines.reads)
         self._collectors = CollectorRecords(
             collector_id, self._engines.writes, self._engines.reads, writer
         )
@@ -159,8 +161,13 @@ class Store:
         return self._queries.outcome_history(tid, rrn)
 
     def counts(self) -> dict[str, int]:
-        """Rows per table, and transactions per outcome."""
-        return self._queries.counts()
+        """Rows per table, and transactions per outcome (`outcome.<OUTCOME>`), from the
+        counters the database keeps (`collector.store.counts`)."""
+        return self._counts.read()
+
+    def fold_counts(self) -> int:
+        """Fold ended connections' counter shards (PostgreSQL); the rows removed."""
+        return self._counts.fold()
 
     # --- collectors ---------------------------------------------------------------------
 

@@ -6,16 +6,12 @@ out the typed rows of `collector.store.rows`.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from collector.correlate import Outcome
 from collector.schema import (
-    batches,
-    deadletters,
     outcome_log,
-    presence,
     settlements,
-    status_events,
     transactions,
 )
 from collector.store.rows import StoredSettlement, StoredTransaction
@@ -68,25 +64,3 @@ class Queries:
                 .order_by(outcome_log.c.id)
             ).scalars()
             return [Outcome(outcome) for outcome in rows]
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table, and transactions per outcome."""
-        result: dict[str, int] = {}
-        with self._reads.connect() as conn:
-            for table in (
-                transactions,
-                settlements,
-                status_events,
-                batches,
-                deadletters,
-                presence,
-                outcome_log,
-            ):
-                result[table.name] = conn.execute(
-                    select(func.count()).select_from(table)
-                ).scalar_one()
-            for outcome, count in conn.execute(
-                select(transactions.c.outcome, func.count()).group_by(transactions.c.outcome)
-            ):
-                result[f"outcome.{outcome}"] = count
-        return result
