@@ -215,6 +215,40 @@ class HttpSection(Section):
     port: int = Field(8470, ge=0, le=65535, description="Port to listen on (0: any free).")
 
 
+class RetentionSection(Section):
+    """What the collector forgets, and when (collector/store/retention.py, docs/retention.md).
+
+    Nothing an open case or an open alert needs is removed, whatever its age.
+    """
+
+    enabled: bool = Field(True, description="Remove old rows (every `every_s`).")
+    statuses_days: float = Field(30, gt=0, description="Terminal status messages, by when seen.")
+    deadletters_days: float = Field(90, gt=0, description="Dead letters, by when seen.")
+    transactions_days: float = Field(
+        400,
+        gt=0,
+        description=(
+            "Transactions with their settlements and outcome log, batch closes, unmatched "
+            "settlements and conflicting repeats, by the transaction's time."
+        ),
+    )
+    closed_days: float = Field(
+        400,
+        gt=0,
+        description="Resolved alerts and cases no longer worked, by when resolved or last moved.",
+    )
+    every_s: float = Field(3600, gt=0, description="How often retention runs.")
+    batch_rows: int = Field(2000, ge=1, description="Rows per delete transaction.")
+    pause_s: float = Field(0.05, ge=0, description="Pause between batches, for ingest.")
+    archive_dir: Path | None = Field(
+        None,
+        description=(
+            "When set, each run writes what it removes there first (a folder per run, "
+            "gzip JSON lines per table; `posmon collector restore` reads it back)."
+        ),
+    )
+
+
 class MetricsSection(Section):
     """Metrics to InfluxDB over the v1 HTTP API (/write); off when `url` is not set.
 
@@ -283,6 +317,7 @@ class CollectorConfig(RoleSettings):
     notify: NotifySection = Field(default_factory=NotifySection)
     cases: CasesSection = Field(default_factory=CasesSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
 
     @model_validator(mode="after")
     def _unique_merchants(self) -> Self:

@@ -21,6 +21,7 @@ from collector.metrics import Recorder, metrics_sink
 from collector.notify import Dispatcher, channels_for
 from collector.overdue import OverdueWatch
 from collector.registry import Registry
+from collector.retention import RetentionWorker
 from collector.store import OutcomeChange, Store
 from collector.terms import SettlementTerms
 from posmon.mqtt import MqttClient, MqttSettings, Topics
@@ -112,6 +113,7 @@ class Collector:
             self.store, self.clock.now, self.report, scale=config.clock.scale
         )
         self._folded_at: float | None = None  # monotonic; None: not yet
+        self.retention = RetentionWorker(self.store.engine, config.retention, self.clock.now)
         channels = channels_for(
             config.notify, alert_login(config), f"posmon-collector-{self.id}-alerts", self.topics
         )
@@ -188,6 +190,7 @@ class Collector:
             f"{self.config.ingest.source}_connected": self.ingestor.connected,
             "alerts_fired": self.alerts.fired,
             "alerts_resolved": self.alerts.resolved,
+            "retention_removed": self.retention.removed,
             "clock_steps": self.alerts.clock_watch.steps,
             "clock_last_step_s": (
                 round(step.seconds) if (step := self.alerts.clock_watch.last) else None
@@ -252,6 +255,12 @@ class Collector:
             threading.Thread(target=self.overdue.run, args=(stop,), name="overdue", daemon=True),
             threading.Thread(target=self.alerts.run, args=(stop,), name="alerts", daemon=True),
         ]
+        if self.config.retention.enabled:
+            threads.append(
+                threading.Thread(
+                    target=self.retention.run, args=(stop,), name="retention", daemon=True
+                )
+            )
         threads.extend(
             threading.Thread(
                 target=dispatcher.run,

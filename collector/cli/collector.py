@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from collector.cli.common import ConfigOption, load_config
+from collector.cli.common import ConfigOption, database, load_config
 from collector.config import CollectorConfig
 from posmon.config import example_toml
 from posmon.lifecycle import stop_on_signals
@@ -156,3 +156,116 @@ def config_example() -> None:
         "# POSMON_<SECTION>__<KEY>, e.g. POSMON_DATABASE__URL=postgresql+psycopg://...\n"
     )
     typer.echo(header + example_toml(CollectorConfig, EXAMPLE), nl=False)
+
+
+BeforeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--before",
+        help="Every family's cutoff: YYYY-MM-DD (midnight UTC) or an ISO time with an offset. "
+        "Without it, the ages the configuration's retention section gives.",
+    ),
+]
+
+
+def _cutoffs(settings: CollectorConfig, before: str | None) -> Any:
+    from collector.store.retention import Cutoffs  # noqa: PLC0415
+
+    if before is None:
+        r = settings.retention
+        return Cutoffs.of_ages(
+            datetime.now(UTC),
+            r.statuses_days,
+            r.deadletters_days,
+            r.transactions_days,
+            r.closed_days,
+        )
+    try:
+        moment = datetime.fromisoformat(before)
+    except ValueError:
+        message = f"{before!r} is not a date or an ISO time"
+        raise typer.BadParameter(message, param_hint="--before") from None
+    if moment.tzinfo is None:
+        if len(before) > 10:
+            raise typer.BadParameter("a time needs a UTC offset", param_hint="--before")
+        moment = moment.replace(tzinfo=UTC)
+    return Cutoffs.before(moment)
+
+
+def _print_rows(title: str, rows: Mapping[str, int]) -> None:
+    table = Table(title=title)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in sorted(rows.items()):
+        table.add_row(name, str(count))
+    table.add_row("all", str(sum(rows.values())))
+    Console().print(table)
+
+
+@app.command()
+def archive(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the archive (made if missing).")],
+    before: BeforeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write what retention would remove to OUT (gzip JSON lines per table); remove nothing."""
+    from collector.store.retention import Archive, Retention  # noqa: PLC0415
+
+    settings = load_config(config)
+    with database(config) as store, Archive(out) as folder:
+        report = Retention(store.engine, batch_rows=settings.retention.batch_rows).run(
+            _cutoffs(settings, before), folder, remove=False
+        )
+    _print_rows(f"archived to {out}", report.rows)
+
+
+@app.command()
+def retention(
+    before: BeforeOption = None,
+    archive_to: Annotated[
+        Path | None,
+        typer.Option("--archive", help="Write what is removed to this folder first."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove old rows now, in batches, by the configured ages or --before; open cases
+    and open alerts keep what they need."""
+    from collector.store.retention import Archive, Retention  # noqa: PLC0415
+
+    settings = load_config(config)
+    r = settings.retention
+    cutoffs = _cutoffs(settings, before)
+    with database(config) as store:
+        worker = Retention(store.engine, batch_rows=r.batch_rows, pause_s=r.pause_s)
+        if archive_to is None:
+            report = worker.run(cutoffs)
+        else:
+            with Archive(archive_to) as folder:
+                report = worker.run(cutoffs, folder)
+    _print_rows("removed", report.rows)
+    typer.echo(
+        f"{report.batches} batches in {report.seconds:.1f} s, "
+        f"longest {report.longest_batch_s * 1000:.0f} ms"
+    )
+
+
+@app.command()
+def restore(
+    folder: Annotated[Path, typer.Argument(help="An archive folder (from archive or retention).")],
+    config: ConfigOption = None,
+) -> None:
+    """Put an archive's rows back, with their ids (rows already there are refused)."""
+    from sqlalchemy.exc import IntegrityError  # noqa: PLC0415
+
+    from collector.store.retention import restore as restore_rows  # noqa: PLC0415
+
+    if not folder.is_dir():
+        raise typer.BadParameter(f"{folder} is not a folder", param_hint="FOLDER")
+    settings = load_config(config)
+    with database(config) as store:
+        try:
+            rows = restore_rows(store.engine, folder, batch_rows=settings.retention.batch_rows)
+        except IntegrityError as exc:
+            typer.echo(f"error: a row of the archive is already stored ({exc.orig})", err=True)
+            raise typer.Exit(1) from None
+    _print_rows(f"restored from {folder}", rows)
