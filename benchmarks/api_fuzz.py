@@ -345,8 +345,8 @@ def seed(store: Store) -> dict[str, list[str]]:
     )
     engine.step()
     return {
-        "alert_id": [row["alert_id"] for row in alerts.find(alert_type="SETTLEMENT_FAILED")],
-        "case_id": [row["case_id"] for row in cases.find()],
+        "alert_id": [row.alert_id for row in alerts.find(alert_type="SETTLEMENT_FAILED")],
+        "case_id": [case.case_id for case in cases.search()],
         "tid": [TID],
     }
 

@@ -72,8 +72,8 @@ class StoredCase:
         )
 
     def columns(self) -> dict[str, Any]:
-        """The case as the table's columns by name, plain values (what the commands list
-        field by field, and the old mapping shape)."""
+        """The case as the table's columns by name, plain values (what `posmon cases show`
+        lists field by field)."""
         return {item.name: _plain_enum(getattr(self, item.name)) for item in fields(StoredCase)}
 
 

@@ -7,9 +7,7 @@ from>`) written with its audit line in one transaction, so two people moving one
 once cannot both succeed from the same state.
 
 It hands out typed rows (`StoredCase`, `CaseEntry`, `CaseEvidence`: `collector.caserows`),
-never the database's mappings. `find`, `events` and `evidence_rows` keep the old mapping shape for
-simulators/demo.py alone (being changed by others during issue #21); they go once it reads
-`search`, `audit_log` and `evidence`.
+never the database's mappings.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 from collector.caserows import (
     CaseEntry,
     CaseEvidence,
-    Columns,
     OutcomeStep,
     StatusAround,
     StoredCase,
@@ -300,31 +297,6 @@ class CaseStore:
             statuses=tuple(StatusAround.from_row(row) for row in statuses),
             outcomes=tuple(OutcomeStep.from_row(row) for row in log),
         )
-
-    # --- the old mapping shape, for simulators/demo.py only (see the module docstring) --
-
-    def find(
-        self,
-        *,
-        state: str | None = None,
-        tid: str | None = None,
-        mid: str | None = None,
-        cause: str | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """`search`, each case as its columns by name."""
-        found = self.search(state=state, tid=tid, mid=mid, cause=cause, limit=limit)
-        return [case.columns() for case in found]
-
-    def events(self, case_id: str) -> list[dict[str, Any]]:
-        """`audit_log`, each line as its columns by name."""
-        key = case_events.c
-        query = select(case_events).where(key.case_id == case_id).order_by(key.id)
-        return [dict(row) for row in self._rows(query)]
-
-    def evidence_rows(self, case: Columns, window: timedelta) -> CaseEvidence:
-        """`evidence` of a case given as its columns by name."""
-        return self.evidence(StoredCase.from_row(case), window)
 
     # --- inside -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.alerts.rows import StoredAlert
-from collector.caserows import CaseEntry, CaseEvidence, Columns, StoredCase
+from collector.caserows import CaseEntry, CaseEvidence, StoredCase
 from posmon.money import format_money
 from posmon.pan import scrub_tree
 
@@ -110,21 +110,14 @@ def _picked(row: object, names: Iterable[str]) -> dict[str, Any]:
 
 
 def package(
-    case: StoredCase | Columns,
+    case: StoredCase,
     evidence: CaseEvidence,
     *,
-    events: Sequence[CaseEntry | Columns],
-    alert: StoredAlert | Columns | None,
+    events: Sequence[CaseEntry],
+    alert: StoredAlert | None,
     generated_at: datetime,
 ) -> dict[str, Any]:
-    """The evidence package as JSON-ready data (see the module docstring).
-
-    The case, its audit log and its alert may come as the database's mappings (as
-    simulators/demo.py still hands them); they are read as the typed rows."""
-    case = case if isinstance(case, StoredCase) else StoredCase.from_row(case)
-    log = [item if isinstance(item, CaseEntry) else CaseEntry.from_row(item) for item in events]
-    if alert is not None and not isinstance(alert, StoredAlert):
-        alert = StoredAlert.from_row(alert)
+    """The evidence package as JSON-ready data (see the module docstring)."""
     txn = evidence.transaction
     slip = _picked(txn, _SLIP_FIELDS) if txn is not None else {}
     # JSON-ready entries of the package, built and returned here.
@@ -145,7 +138,7 @@ def package(
         timeline.append({"at": step.at, "what": f"outcome {step.outcome.value}"})
     if alert is not None:
         timeline.append({"at": alert.started_at, "what": f"alert {alert.type.value} fired"})
-    for entry in log:
+    for entry in events:
         before = entry.from_state.value if entry.from_state else "-"
         moved = f"{before} -> {entry.to_state.value}"
         note = f": {entry.note}" if entry.note else ""
@@ -172,7 +165,7 @@ def gather(
 ) -> dict[str, Any]:
     """The evidence package of a stored case (JSON-ready data), read from the database."""
     evidence = cases.evidence(case, STATUS_WINDOW)
-    alert = alerts.alert(case.alert_id) if case.alert_id else None
+    alert = alerts.get(case.alert_id) if case.alert_id else None
     events = cases.audit_log(case.case_id)
     return package(case, evidence, events=events, alert=alert, generated_at=generated_at)
 

@@ -35,6 +35,7 @@ from simulators.stream import TrafficGenerator, TrafficProfile
 from simulators.terminal import SimulatedTerminal, TerminalConfig
 
 if TYPE_CHECKING:
+    from collector.alerts import StoredAlert
     from collector.store import Store
 
 logger = logging.getLogger(__name__)
@@ -711,7 +712,7 @@ def score_run(files: Any, scale: float, run: Any) -> Any:
 
     engine = create_engine(f"sqlite:///{files.database}")
     try:
-        alerts = AlertStore(engine, "score", []).find(limit=1_000_000)
+        alerts = [scorer_row(row) for row in AlertStore(engine, "score", []).find(limit=1_000_000)]
     finally:
         engine.dispose()
     truth = read_truth(files.ground_truth) if files.ground_truth.exists() else []
@@ -732,6 +733,17 @@ def score_run(files: Any, scale: float, run: Any) -> Any:
     )
     files.report.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n")
     return result
+
+
+def scorer_row(alert: StoredAlert) -> dict[str, Any]:
+    """A stored alert as `simulators.score` reads it: its columns by name, the type, severity
+    and cause as the strings stored."""
+    return {
+        **dataclasses.asdict(alert),
+        "type": alert.type.value,
+        "severity": alert.severity.value,
+        "cause": alert.cause.value,
+    }
 
 
 def late_in_transit(store: Store, alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:

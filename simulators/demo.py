@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -27,6 +27,9 @@ from rich.table import Table
 from collector.rules import AlertType
 from simulators.scenario import ScenarioFile, ScenarioRun
 from simulators.score import Score
+
+if TYPE_CHECKING:
+    from collector.alerts import AlertStore
 
 # The virtual days a run covers: about a day and a half of trading, then until the last
 # T1 credits, the late ones and the returns are in.
@@ -191,7 +194,7 @@ def render(run: ScenarioRun, elapsed: float) -> Panel:
     return Panel(Group(head, body), title="posmon demo", subtitle="Ctrl-C ends it early")
 
 
-def open_alerts(store: Any) -> tuple[dict[str, int], dict[str, int], int]:
+def open_alerts(store: AlertStore) -> tuple[dict[str, int], dict[str, int], int]:
     """Open alerts by cause and by type, without the case SLA breaches, and how many of
     those there are (shown with the cases)."""
     sla = AlertType.CASE_SLA_BREACHED.value
@@ -200,7 +203,7 @@ def open_alerts(store: Any) -> tuple[dict[str, int], dict[str, int], int]:
     by_cause = store.counts("cause")
     if breached:
         for row in store.find(status="open", alert_type=sla, limit=1_000_000):
-            by_cause[row["cause"]] -= 1
+            by_cause[row.cause.value] -= 1
     return {k: v for k, v in by_cause.items() if v > 0}, by_type, breached
 
 
@@ -231,7 +234,7 @@ def write_outputs(run: ScenarioRun, result: Score) -> Outputs:
     engine = create_engine(f"sqlite:///{files.database}")
     try:
         alerts = AlertStore(engine, "demo", [])
-        rows = sorted(alerts.find(limit=1_000_000), key=lambda row: row["started_at"])
+        rows = sorted(alerts.find(limit=1_000_000), key=lambda row: row.started_at)
         alert_log = files.folder / "alerts.jsonl"
         with alert_log.open("w", encoding="utf-8") as out:
             for row in rows:
@@ -242,18 +245,18 @@ def write_outputs(run: ScenarioRun, result: Score) -> Outputs:
         for old in evidence_dir.glob("C-*"):
             old.unlink()
         written: list[Path] = []
-        for case in sorted(cases.find(limit=1_000_000), key=lambda c: c["opened_at"])[
+        for case in sorted(cases.search(limit=1_000_000), key=lambda c: c.opened_at)[
             :EVIDENCE_PDFS
         ]:
             data = package(
                 case,
-                cases.evidence_rows(case, timedelta(minutes=30)),
-                events=cases.events(case["case_id"]),
-                alert=alerts.get(case["alert_id"]) if case["alert_id"] else None,
+                cases.evidence(case, timedelta(minutes=30)),
+                events=cases.audit_log(case.case_id),
+                alert=alerts.get(case.alert_id) if case.alert_id else None,
                 generated_at=datetime.now(UTC),
             )
-            write_json(data, evidence_dir / f"{case['case_id']}.json")
-            written.append(write_pdf(data, evidence_dir / f"{case['case_id']}.pdf"))
+            write_json(data, evidence_dir / f"{case.case_id}.json")
+            written.append(write_pdf(data, evidence_dir / f"{case.case_id}.pdf"))
     finally:
         engine.dispose()
     faults = files.folder / "faults.csv"

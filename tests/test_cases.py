@@ -22,6 +22,7 @@ from sqlalchemy import insert, select
 from test_collector_alerts import BANK, TID, AlertRig, alert_rig, failed
 from test_collector_ingest import MID, MID_T0, settlement, txn
 
+from collector.caserows import StoredCase
 from collector.cases import (
     TRANSITIONS,
     CaseError,
@@ -174,15 +175,13 @@ class CaseWorkflow(RuleBasedStateMachine):
     def one_case_one_confirmation_and_a_true_log(self) -> None:
         if not hasattr(self, "cases"):
             return
-        assert len(self.cases.find(state=None, tid=TID)) == 1
-        events = self.cases.events(self.case_id)
-        assert sum(e["to_state"] == "CONFIRMED" for e in events) <= 1
-        for before, after in itertools.pairwise(events):
-            assert after["from_state"] == before["to_state"], "the log is a chain of moves"
-        case = self.cases.get(self.case_id)
-        assert case is not None and case.state.value == self.state.value == events[-1]["to_state"]
+        assert len(self.cases.search(state=None, tid=TID)) == 1
         log = self.cases.audit_log(self.case_id)
-        assert [entry.to_state.value for entry in log] == [e["to_state"] for e in events]
+        assert sum(entry.to_state is CaseState.CONFIRMED for entry in log) <= 1
+        for before, after in itertools.pairwise(log):
+            assert after.from_state == before.to_state, "the log is a chain of moves"
+        case = self.cases.get(self.case_id)
+        assert case is not None and case.state.value == self.state.value == log[-1].to_state.value
 
 
 CaseWorkflow.TestCase.settings = settings(
@@ -232,12 +231,12 @@ def reremittance(rrn: str, settlement_id: str, net: int, case_id: str | None = N
     )
 
 
-def wait_case(rig: AlertRig, rrn: str, state: str, timeout: float = 10) -> dict[str, Any]:
+def wait_case(rig: AlertRig, rrn: str, state: str, timeout: float = 10) -> StoredCase:
     cases = CaseStore(rig.rig.reader.engine)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [c for c in cases.find(state=None) if c["rrn"] == rrn]
-        if found and found[0]["state"] == state:
+        found = [c for c in cases.search(state=None) if c.rrn == rrn]
+        if found and found[0].state == state:
             return found[0]
         time.sleep(0.05)
     pytest.fail(f"case of {rrn} not {state} within {timeout} s: {found}")
@@ -251,16 +250,16 @@ def test_a_failure_opens_a_case_and_the_full_reremittance_confirms_it(
     rig.publish(txn("402511000201"), failed("402511000201", "S-201", "AC01"))
     alert = rig.wait_alert("SETTLEMENT_FAILED")
     case = wait_case(rig, "402511000201", "OPEN")
-    assert alert.case_id == case["case_id"]
-    assert (case["cause"], case["remedy"], case["amount"]) == (
+    assert alert.case_id == case.case_id
+    assert (case.cause, case.remedy, case.amount) == (
         "ACCOUNT_INFO",
         "FIX_ACCOUNT",
         12_800,
     )
     # Short: not confirmed, and the amount is an alert.
-    rig.publish(reremittance("402511000201", "R-201a", 12_000, case["case_id"]))
+    rig.publish(reremittance("402511000201", "R-201a", 12_000, case.case_id))
     rig.wait_alert("AMOUNT_MISMATCH", where=lambda a: a.rrn == "402511000201")
-    stored = CaseStore(rig.rig.reader.engine).get(case["case_id"])
+    stored = CaseStore(rig.rig.reader.engine).get(case.case_id)
     assert stored is not None and stored.state is CaseState.OPEN
 
 
@@ -270,14 +269,14 @@ def test_reremittance_in_full_confirms_and_resolves_the_failure(alert_rig: Alert
     rig.publish(txn("402511000202"), failed("402511000202", "S-202", "B202"))
     rig.wait_alert("SETTLEMENT_FAILED")
     case = wait_case(rig, "402511000202", "OPEN")
-    rig.publish(reremittance("402511000202", "R-202", 12_800, case["case_id"]))
+    rig.publish(reremittance("402511000202", "R-202", 12_800, case.case_id))
     confirmed = wait_case(rig, "402511000202", "CONFIRMED")
-    assert confirmed["remittance_settlement_id"] == "R-202"
+    assert confirmed.remittance_settlement_id == "R-202"
     rig.wait_alert("SETTLEMENT_FAILED", "resolved")
-    log = CaseStore(rig.rig.reader.engine).events(case["case_id"])
-    assert [(e["from_state"], e["to_state"]) for e in log] == [
-        (None, "OPEN"),
-        ("OPEN", "CONFIRMED"),
+    log = CaseStore(rig.rig.reader.engine).audit_log(case.case_id)
+    assert [(e.from_state, e.to_state) for e in log] == [
+        (None, CaseState.OPEN),
+        (CaseState.OPEN, CaseState.CONFIRMED),
     ]
 
 
@@ -290,7 +289,7 @@ def test_a_late_original_credit_cancels_the_overdue_case(alert_rig: AlertRig) ->
     late = settlement("402511000203", "S-203").model_copy(update={"mid": MID_T0})
     rig.publish(late)
     cancelled = wait_case(rig, "402511000203", "CANCELLED")
-    assert cancelled["case_id"] == case["case_id"]
+    assert cancelled.case_id == case.case_id
 
 
 def test_a_case_held_too_long_in_a_state_raises_an_sla_alert_until_it_moves(
@@ -301,9 +300,9 @@ def test_a_case_held_too_long_in_a_state_raises_an_sla_alert_until_it_moves(
     rig.publish(txn("402511000204"), failed("402511000204", "S-204", "AC01"))
     case = wait_case(rig, "402511000204", "OPEN")
     breached = rig.wait_alert("CASE_SLA_BREACHED")
-    assert breached.rrn == "402511000204" and (breached.details or {})["case_id"] == case["case_id"]
+    assert breached.rrn == "402511000204" and (breached.details or {})["case_id"] == case.case_id
     CaseStore(rig.rig.reader.engine).advance(
-        case["case_id"], CaseState.VERIFYING, actor="ops-li", now=datetime.now(UTC)
+        case.case_id, CaseState.VERIFYING, actor="ops-li", now=datetime.now(UTC)
     )
     rig.wait_alert("CASE_SLA_BREACHED", "resolved")
 
@@ -314,7 +313,7 @@ def test_causes_not_configured_open_no_case(alert_rig: AlertRig) -> None:
     rig.publish(txn("402511000205"), failed("402511000205", "S-205", "AC01"))
     alert = rig.wait_alert("SETTLEMENT_FAILED")
     time.sleep(0.3)
-    assert alert.case_id is None and CaseStore(rig.rig.reader.engine).find(state=None) == []
+    assert alert.case_id is None and CaseStore(rig.rig.reader.engine).search(state=None) == []
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -335,7 +334,7 @@ def test_cases_commands_and_the_evidence_package(alert_rig: AlertRig, tmp_path: 
     running.stop()
     config = tmp_path / "collector.toml"
     config.write_text(f'[database]\nurl = "{rig.rig.database_url}"\n')
-    case_id = case["case_id"]
+    case_id = case.case_id
 
     listed = posmon("cases", "list", "-c", str(config))
     assert listed.returncode == 0 and case_id in listed.stdout and "ACCOUNT_INFO" in listed.stdout
@@ -376,10 +375,10 @@ def test_a_reremittance_under_its_own_rrn_naming_its_case_confirms_it(alert_rig:
     alert = rig.wait_alert("SETTLEMENT_FAILED")
     case = wait_case(rig, "402511000207", "OPEN")
     # The bank re-sends under a new reference, naming the case (or the original credit).
-    by_case = reremittance("402511999207", "R-207", 12_800, case["case_id"])
+    by_case = reremittance("402511999207", "R-207", 12_800, case.case_id)
     rig.publish(by_case)
     confirmed = wait_case(rig, "402511000207", "CONFIRMED")
-    assert confirmed["remittance_settlement_id"] == "R-207"
+    assert confirmed.remittance_settlement_id == "R-207"
     resolved = rig.wait_alert("SETTLEMENT_FAILED", "resolved")
     assert resolved.alert_id == alert.alert_id
     time.sleep(0.3)
@@ -395,7 +394,7 @@ def test_the_bank_refusing_the_reremittance_rejects_the_case_with_its_reason(
     case = wait_case(rig, "402511000208", "OPEN")
     cases = CaseStore(rig.rig.reader.engine)
     for to in (CaseState.VERIFYING, CaseState.SUBMITTED):
-        cases.advance(case["case_id"], to, actor="ops-li", now=datetime.now(UTC))
+        cases.advance(case.case_id, to, actor="ops-li", now=datetime.now(UTC))
     refused = failed("402511999208", "R-208", "AC04", status_=SettlementStatus.FAILED).model_copy(
         update={
             "kind": SettlementKind.REREMITTANCE,
@@ -405,5 +404,5 @@ def test_the_bank_refusing_the_reremittance_rejects_the_case_with_its_reason(
     )
     rig.publish(refused)
     rejected = wait_case(rig, "402511000208", "REJECTED")
-    assert rejected["rejection_reason"] == "bank: FAILED AC04 account closed"
-    assert [e["to_state"] for e in cases.events(case["case_id"])][-1] == "REJECTED"
+    assert rejected.rejection_reason == "bank: FAILED AC04 account closed"
+    assert cases.audit_log(case.case_id)[-1].to_state is CaseState.REJECTED

@@ -20,14 +20,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import Broker, wait_until
 from test_collector_alerts import status
 from test_collector_ingest import COLLECTOR_TOML, Publisher, collector_process, rig_on
 
-from collector.alerts import AlertEngine, AlertStore
+from collector.alerts import AlertEngine, AlertStore, StoredAlert
 from collector.config import CollectorConfig
 from collector.rules import LinkWatch
 from collector.store import Store
@@ -104,7 +103,7 @@ def engine_rig(tmp_path: Path) -> Iterator[tuple[AlertEngine, Store, AlertStore,
     store.close()
 
 
-def _offline(alerts: AlertStore) -> list[dict[str, Any]]:
+def _offline(alerts: AlertStore) -> list[StoredAlert]:
     return alerts.find(alert_type="TERMINAL_OFFLINE", limit=1000)
 
 
@@ -136,8 +135,8 @@ def test_a_wall_clock_step_neither_fires_nor_hides_offline_terminals(
         engine.sweep()
 
     (alert,) = _offline(alerts)
-    assert alert["tid"] == SILENT and alert["status"] == "firing"
-    assert alert["details"]["evidence"] == ["no status or heartbeat for 180 s"]
+    assert alert.tid == SILENT and alert.status == "firing"
+    assert (alert.details or {})["evidence"] == ["no status or heartbeat for 180 s"]
     assert engine.clock_watch.steps == 1
     assert engine.clock_watch.last is not None
     assert engine.clock_watch.last.seconds == pytest.approx(step.total_seconds())
@@ -161,7 +160,7 @@ def test_after_a_start_known_terminals_get_one_timeout_of_grace(
     assert _offline(alerts) == []
     clocks.tick(2)
     engine.sweep()
-    assert [row["tid"] for row in _offline(alerts)] == [SILENT]
+    assert [row.tid for row in _offline(alerts)] == [SILENT]
 
 
 # --- the real collector, its wall clock stepped by libfaketime ------------------------------
@@ -217,7 +216,7 @@ def test_the_collector_under_a_stepped_clock_alerts_only_the_silent_terminal(
             process.wait(timeout=30)
         feeder.join(timeout=10)
         alerts = AlertStore(rig.reader.engine, "test", [], reads=rig.reader.reads)
-        offline = [row for row in _offline(alerts) if row["tid"] != "99999999"]  # the probe's
+        offline = [row for row in _offline(alerts) if row.tid != "99999999"]  # the probe's
 
     shown = subprocess.run(
         [str(POSMON), "collector", "status", "--config", str(config)],
@@ -227,8 +226,8 @@ def test_the_collector_under_a_stepped_clock_alerts_only_the_silent_terminal(
         env=os.environ | {"COLUMNS": "200"},
     )
     text = log.read_text()
-    assert [row["tid"] for row in offline] == [SILENT], offline
-    assert offline[0]["status"] == "firing"
+    assert [row.tid for row in offline] == [SILENT], offline
+    assert offline[0].status == "firing"
     assert f"clock was stepped {'+' if step[0] == '+' else '-'}3600 s" in text
     assert shown.returncode == 0, shown.stderr
     assert f"1 (last {step[0]}3600 s)" in shown.stdout, shown.stdout

@@ -207,7 +207,7 @@ def test_failed_settlement_alert_names_the_cause_from_the_reason_code(
     assert alert.fingerprint == f"SETTLEMENT_FAILED:{TID}:402511000001"
     assert any("AC04" in line for line in (alert.details or {})["evidence"])
     stored = rig.store.find(status="open")
-    assert [row["alert_id"] for row in stored] == [alert.alert_id]
+    assert [row.alert_id for row in stored] == [alert.alert_id]
 
 
 def test_every_settlement_outcome_alert_type_fires_once(alert_rig: AlertRig) -> None:
@@ -380,8 +380,8 @@ def test_maintenance_window_mutes_the_alert_but_records_it_with_a_bank_cause(
     rig.publish(txn("402511000070"), failed("402511000070", "S-70", "NARR"))
     wait_until(lambda: rig.store.find(status="open"), 10, "the alert stored")
     (row,) = rig.store.find(status="open")
-    assert row["cause"] == "BANK_SYSTEM" and row["silence_id"]
-    assert any("core banking upgrade" in line for line in row["details"]["evidence"])
+    assert row.cause == "BANK_SYSTEM" and row.silence_id
+    assert any("core banking upgrade" in line for line in (row.details or {})["evidence"])
     time.sleep(0.5)
     assert rig.alerts() == [], "a muted alert is not published"
 
@@ -430,9 +430,9 @@ def test_a_bank_outage_is_measured_on_when_the_failures_happened(
 
     def cause_of(n: int) -> str:
         rrn = f"4025110009{n:02d}"
-        wait_until(lambda: [r for r in rig.store.find(bank_code=BANK) if r["rrn"] == rrn], 10, rrn)
-        (row,) = [r for r in rig.store.find(bank_code=BANK) if r["rrn"] == rrn]
-        return str(row["cause"])
+        wait_until(lambda: [r for r in rig.store.find(bank_code=BANK) if r.rrn == rrn], 10, rrn)
+        (row,) = [r for r in rig.store.find(bank_code=BANK) if r.rrn == rrn]
+        return row.cause.value
 
     rig.publish(*at(1, "B201", 6), *at(2, "B201", 4), *at(3, "B201", 1.4))
     rig.publish(*at(4, "B201", 1.0))
@@ -446,14 +446,14 @@ def test_a_bank_outage_is_measured_on_when_the_failures_happened(
     assert outage.details["failures"] == 3
 
     def grouped() -> set[str]:
-        return {row["rrn"][-2:] for row in rig.store.find(group_id=outage.alert_id)}
+        return {(row.rrn or "")[-2:] for row in rig.store.find(group_id=outage.alert_id)}
 
     wait_until(lambda: grouped() == {"03", "04", "06"}, 10, "the outage's three members")
     rig.publish(*at(7, "NARR", 0.6))  # the bank is down without it: the bank's
     assert cause_of(7) == "BANK_SYSTEM"
-    (joined,) = [r for r in rig.store.find(bank_code=BANK) if r["rrn"] == "402511000907"]
-    assert joined["group_id"] == outage.alert_id
-    assert any("other failures at bank" in line for line in joined["details"]["evidence"])
+    (joined,) = [r for r in rig.store.find(bank_code=BANK) if r.rrn == "402511000907"]
+    assert joined.group_id == outage.alert_id
+    assert any("other failures at bank" in line for line in (joined.details or {})["evidence"])
 
 
 # --- terminals and batches ------------------------------------------------------------------
@@ -728,7 +728,7 @@ def test_two_collectors_on_one_postgresql_alert_each_failure_once(
         published = sorted(a.rrn or "" for a in alerts.alerts("SETTLEMENT_FAILED"))
         assert published == sorted(sales), "each failure alerted once, by one collector"
         stored = alerts.store.find(alert_type="SETTLEMENT_FAILED")
-        assert len(stored) == 10 and {row["collector_id"] for row in stored} <= {"c1", "c2"}
+        assert len(stored) == 10 and {row.collector_id for row in stored} <= {"c1", "c2"}
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -94,8 +94,8 @@ def seed(url: str) -> Seeded:
         made["revoked"] = tokens.create("ops-gone", Role.ADMIN, created_by="test", now=now)
         tokens.revoke("ops-gone", now)
         tokens.create("spare", Role.VIEWER, created_by="test", now=now)
-        alert_ids = [row["alert_id"] for row in alerts.find(alert_type="SETTLEMENT_FAILED")]
-        case_ids = [row["case_id"] for row in cases.find()]
+        alert_ids = [row.alert_id for row in alerts.find(alert_type="SETTLEMENT_FAILED")]
+        case_ids = [case.case_id for case in cases.search()]
     finally:
         store.close()
     assert len(alert_ids) == len(RRNS) and len(case_ids) == len(RRNS), (alert_ids, case_ids)
@@ -290,7 +290,9 @@ def test_an_alert_names_its_state_as_posmon_alert_1_does(
     # stays, deprecated in the OpenAPI document, with the same value until API 2.
     client, seeded, store = api
     alert_id = seeded.alert_ids[0]
-    published = alert_event(AlertStore(store.engine, "t", [], reads=store.reads).get(alert_id))
+    stored = AlertStore(store.engine, "t", [], reads=store.reads).get(alert_id)
+    assert stored is not None
+    published = alert_event(stored)
     [rest] = [a for a in client.get("/alerts", params={"state": "firing"}).json()
               if a["alert_id"] == alert_id]  # fmt: skip
     assert rest["state"] == published.state.value == "firing"

@@ -133,8 +133,8 @@ def test_a_business_key_claimed_first_with_other_money_keeps_the_real_one_and_al
     assert evidence[0]["differences"] == "amount 1 -> 12800"
     assert evidence[0]["payload"]["amount"] == 12_800
     (alert,) = alert_store.find(alert_type="CONFLICTING_TRANSACTION")
-    assert alert["fingerprint"] == f"CONFLICTING_TRANSACTION:{TID}:{RRN}"
-    assert alert["severity"] == "major" and alert["cause"] == "UNKNOWN"
-    assert alert["amount_at_risk"] == 12_800
-    assert alert["details"]["conflicting_event_id"] == str(real.event_id)
+    assert alert.fingerprint == f"CONFLICTING_TRANSACTION:{TID}:{RRN}"
+    assert alert.severity == "major" and alert.cause == "UNKNOWN"
+    assert alert.amount_at_risk == 12_800
+    assert (alert.details or {})["conflicting_event_id"] == str(real.event_id)
     store.close()

@@ -185,7 +185,8 @@ def test_free_text_from_mqtt_is_masked_in_the_database_alerts_api_and_evidence(
     assert extra == {"NOTE": "slip 411111******1111", "411111******1111": "key is a card"}
 
     (alert,) = alert_store.find(alert_type="SETTLEMENT_FAILED")
-    assert alert["details"]["settlement"]["reason_text"] == reason
+    assert alert.details is not None
+    assert alert.details["settlement"]["reason_text"] == reason
     tokens = TokenStore(store.engine, reads=store.reads)
     token = tokens.create("ops", Role.ADMIN, created_by="test", now=datetime.now(UTC))
     client = TestClient(
@@ -194,7 +195,7 @@ def test_free_text_from_mqtt_is_masked_in_the_database_alerts_api_and_evidence(
         headers={"Authorization": f"Bearer {token}"},
     )
     listed = client.get("/alerts")
-    shown = client.get(f"/alerts/{alert['alert_id']}")
+    shown = client.get(f"/alerts/{alert.alert_id}")
     (case,) = cases.search()
     case_json = client.get(f"/cases/{case.case_id}")
     evidence = client.get(f"/cases/{case.case_id}/evidence")
@@ -212,17 +213,17 @@ def test_free_text_from_mqtt_is_masked_in_the_database_alerts_api_and_evidence(
 def test_a_case_note_with_a_card_number_comes_back_masked(collector_db: Store) -> None:
     store = collector_db
     _, cases = ingest_and_alert(store, [raw_txn(), raw_settlement("closed")])
-    (case,) = cases.find()
+    (case,) = cases.search()
     cases.advance(
-        case["case_id"],
+        case.case_id,
         CaseState.VERIFYING,
         actor="ops-li",
         now=datetime.now(UTC),
         note=f"merchant read out {WRITTEN[0]} on the phone",
     )
-    last = cases.events(case["case_id"])[-1]
-    assert last["to_state"] == CaseState.VERIFYING.value
-    assert last["note"] == "merchant read out 411111******1111 on the phone"
+    last = cases.audit_log(case.case_id)[-1]
+    assert last.to_state is CaseState.VERIFYING
+    assert last.note == "merchant read out 411111******1111 on the phone"
 
 
 def test_a_settlement_file_with_card_numbers_in_reasons_is_stored_masked(

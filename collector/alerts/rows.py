@@ -336,9 +336,8 @@ class StoredAlert:
         )
 
 
-def alert_event(row: StoredAlert | Columns) -> AlertEvent:
-    """The `posmon.alert/1` message of a stored alert (typed, or as the readers' mapping)."""
-    alert = row if isinstance(row, StoredAlert) else StoredAlert.from_row(row)
+def alert_event(alert: StoredAlert) -> AlertEvent:
+    """The `posmon.alert/1` message of a stored alert."""
     resolved = alert.status == "resolved"
     details = dict(alert.details or {})
     if alert.acked_at is not None:

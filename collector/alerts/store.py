@@ -7,9 +7,7 @@ An alert, its history line and its notifications are written in one transaction,
 alert that is stored is always delivered (collector.notify works the queue).
 
 It hands out typed rows (`StoredAlert`, `StoredSilence`, `AlertHistoryEntry`,
-`BankFailure`, `Queued`), except `get` and `find`: they keep the stored mappings for the
-simulators' scorer and demo (simulators/score.py reads alerts by column name), for the
-REST API and the commands (which pick fields by name), and `alert_event` takes either.
+`BankFailure`, `Queued`: `collector.alerts.rows`), never the database's mappings.
 
 One module of about 500 lines on purpose: every method is the SQL of the `alerts` table
 and what hangs off it, and the lifecycle's promises (an alert, its history and its
@@ -234,17 +232,12 @@ class AlertStore:
 
     # --- reading ------------------------------------------------------------------------
 
-    def get(self, alert_id: str) -> dict[str, Any] | None:
+    def get(self, alert_id: str) -> StoredAlert | None:
         """An alert as stored, for the readers (API, commands, evidence packages)."""
         with self.reads.connect() as conn:
             row = conn.execute(select(alerts).where(alerts.c.alert_id == alert_id)).mappings()
             found = row.first()
-            return dict(found) if found is not None else None
-
-    def alert(self, alert_id: str) -> StoredAlert | None:
-        """An alert as stored, typed (for the collector's own readers: evidence packages)."""
-        found = self.get(alert_id)
-        return StoredAlert.from_row(found) if found is not None else None
+            return StoredAlert.from_row(found) if found is not None else None
 
     def open_alert(self, fingerprint: str) -> StoredAlert | None:
         with self.reads.connect() as conn:
@@ -259,7 +252,7 @@ class AlertStore:
         bank_code: str | None = None,
         group_id: str | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
+    ) -> list[StoredAlert]:
         """Alerts newest first; `status` "open" means firing or acknowledged."""
         key = alerts.c
         query = select(alerts).order_by(key.started_at.desc(), key.alert_id).limit(limit)
@@ -276,7 +269,7 @@ class AlertStore:
             if value is not None:
                 query = query.where(column == value)
         with self.reads.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
+            return [StoredAlert.from_row(row) for row in conn.execute(query).mappings()]
 
     def history(self, alert_id: str) -> list[AlertHistoryEntry]:
         """An alert's steps, oldest first."""

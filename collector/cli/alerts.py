@@ -64,15 +64,15 @@ def list_alerts(
         table.add_column(column, no_wrap=True)
     table.add_column("summary", overflow="fold")
     for row in rows:
-        status_text = row["status"] + (" (muted)" if row["silence_id"] else "")
+        status_text = row.status + (" (muted)" if row.silence_id else "")
         table.add_row(
-            row["alert_id"],
-            row["type"],
-            row["severity"],
+            row.alert_id,
+            row.type.value,
+            row.severity.value,
             status_text,
-            row["cause"],
-            when(row["started_at"]),
-            row["summary"],
+            row.cause.value,
+            when(row.started_at),
+            row.summary,
         )
     console().print(table)
     if not rows:
