@@ -18,7 +18,15 @@ import pytest
 
 from agent.tap.codec import Decoder, encode
 from agent.tap.pairing import Event, Pairer
-from agent.tap.relay import Closed, ConnectFailed, Copy, CopyQueue, Relay, RelayThread
+from agent.tap.relay import (
+    Closed,
+    ConnectFailed,
+    Copy,
+    CopyQueue,
+    Direction,
+    Relay,
+    RelayThread,
+)
 from agent.tap.spec import cup_pos
 from agent.tap.stream import DecodeWorker, TapStream
 from posmon.wire.models import StatusEvent, TxnEvent
@@ -161,6 +169,24 @@ def test_a_full_decode_queue_drops_copies_not_bytes() -> None:
     front.close()
     assert front.received == [payload]
     assert copies.dropped > 0
+
+
+def test_a_connection_that_lost_a_copy_is_not_decoded_until_it_closes() -> None:
+    copies = CopyQueue(maxsize=1)
+    copies.offer(Copy(1, Direction.TO_HOST, b"a", 0.0))
+    copies.offer(Copy(1, Direction.TO_HOST, b"bb", 0.0))  # no room: dropped
+    assert copies.get(timeout=0) == Copy(1, Direction.TO_HOST, b"a", 0.0)
+    copies.offer(Copy(1, Direction.TO_HOST, b"ccc", 0.0))  # room, but out of step
+    copies.offer(Closed(1, 0.0))
+    assert copies.get(timeout=0) == Closed(1, 0.0)
+    copies.offer(Copy(1, Direction.TO_HOST, b"e", 0.0))  # a new stream: decoded again
+    copies.offer(ConnectFailed(3, 0.0, "refused"))  # control items are never dropped
+    assert [copies.get(timeout=0) for _ in range(2)] == [
+        Copy(1, Direction.TO_HOST, b"e", 0.0),
+        ConnectFailed(3, 0.0, "refused"),
+    ]
+    assert copies.get(timeout=0) is None
+    assert (copies.dropped, copies.dropped_bytes) == (2, 5)
 
 
 def test_decoded_pairs_reach_the_sink_and_a_failing_decoder_alters_nothing() -> None:

@@ -74,21 +74,33 @@ Item = Copy | Closed | ConnectFailed
 
 
 class CopyQueue:
-    """The bounded hand-over from the relay to the decoder; never blocks the relay."""
+    """The bounded hand-over from the relay to the decoder; never blocks the relay.
+
+    When `maxsize` items wait, a new copy is dropped and counted. A
+    connection that lost a copy is out of step (the next bytes start inside a message),
+    so its later copies are dropped too until it closes: decoding it would only make
+    errors. `Closed` and `ConnectFailed` are always queued: they are small, one or two per
+    connection, and the decoder needs them to forget a connection and to see failures.
+    """
 
     def __init__(self, maxsize: int = DEFAULT_QUEUE_SIZE) -> None:
-        self._queue: queue.Queue[Item] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._lost: set[int] = set()
         self.dropped = 0
         self.dropped_bytes = 0
 
     def offer(self, item: Item) -> None:
-        """Queue `item`, or drop and count it when the decoder is behind."""
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            if isinstance(item, Copy):
+        """Queue `item`, or drop and count a copy the decoder has no room for."""
+        if isinstance(item, Copy):
+            if item.connection in self._lost or self._queue.qsize() >= self.maxsize:
+                self._lost.add(item.connection)
+                self.dropped += 1
                 self.dropped_bytes += len(item.data)
+                return
+        elif isinstance(item, Closed):
+            self._lost.discard(item.connection)
+        self._queue.put(item)
 
     def get(self, timeout: float) -> Item | None:
         """The next item, or None after `timeout` seconds."""
