@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.tap.codec import Decoder, Message, encode
 from agent.tap.pairing import Event, Pairer, Seen
@@ -231,3 +235,58 @@ def test_responses_without_requests_and_sign_ins_publish_no_transaction() -> Non
     assert tap.counts["unpaired_response"] == 1
     events = feed(tap, message("0800", **{"11": "000001"}), message("0810", **{"11": "000001"}))
     assert [type(e) for e in events] == [StatusEvent]
+
+
+_FIELD_VALUES = st.one_of(
+    st.text(alphabet="0123456789", max_size=40),
+    st.text(alphabet="0123456789ABCDEF *=-", max_size=40),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["0200", "0210", "0400", "0410", "0500", "0510", "0800", "0810"]),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "3",
+                        "4",
+                        "11",
+                        "12",
+                        "13",
+                        "22",
+                        "37",
+                        "38",
+                        "39",
+                        "41",
+                        "42",
+                        "48",
+                        "49",
+                        "60",
+                        "61",
+                    ]
+                ),
+                _FIELD_VALUES,
+            ),
+            st.sampled_from([None, "622202*********0123", "1234****5678"]),
+        ),
+        max_size=12,
+    )
+)
+def test_whatever_the_host_link_carries_the_pairer_only_returns_valid_events(
+    messages: list[tuple[str, dict[str, str], str | None]],
+) -> None:
+    tap = pairer()
+    mono = 0.0
+    for mti, drawn, pan in messages:
+        # A fixed TID and STAN (unless drawn) so that requests and responses pair.
+        fields = {"41": TID, "11": "000017", **drawn}
+        mono += 1.0
+        decoded = Message(mti, "", "", MappingProxyType(fields), pan)
+        for event in tap.observe(Seen(decoded, T0, mono)) + tap.expire(mono, T0):
+            on_the_wire(event)
+    for event in tap.expire(mono + 1000.0, T0):
+        on_the_wire(event)

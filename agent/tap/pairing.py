@@ -27,6 +27,7 @@ collector after the wrong settlement.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -50,6 +51,10 @@ from posmon.wire.models import (
 )
 
 logger = logging.getLogger(__name__)
+
+# As the wire models have them (Tid, SixDigits).
+_TID = re.compile(r"^[0-9A-Za-z]{8}$")
+_STAN = re.compile(r"^[0-9]{6}$")
 
 Event = TxnEvent | BatchEvent | StatusEvent
 
@@ -135,7 +140,8 @@ class Pairer:
         """Take one forwarded message; the events its pair completes."""
         message = seen.message
         tid, stan = message.get("41"), message.get("11")
-        if tid is None or stan is None:
+        if tid is None or stan is None or not _TID.match(tid) or not _STAN.match(stan):
+            # Without them nothing can be paired or published for a terminal.
             self.counts["no_tid_or_stan"] += 1
             return []
         self.tid = tid
