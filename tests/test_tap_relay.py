@@ -325,3 +325,35 @@ def test_observed_times_come_from_the_relay_not_the_decoder() -> None:
     assert status.host_rtt_ms == 500
     assert isinstance(txn, TxnEvent)
     assert txn.observed_at == datetime(2026, 11, 25, 2, 30, 15, 500000, tzinfo=UTC)
+
+
+def test_concurrent_terminals_each_get_their_own_bytes_back() -> None:
+    def echo(conn: socket.socket, _: bytes) -> None:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
+
+    front = FrontEnd(echo)
+    payloads = [os.urandom(50_000) + SALE for _ in range(8)]
+    results: dict[int, bytes] = {}
+
+    def one_terminal(index: int, port: int) -> None:
+        with terminal(port) as sock:
+            sender = threading.Thread(
+                target=lambda: (sock.sendall(payloads[index]), sock.shutdown(socket.SHUT_WR))
+            )
+            sender.start()
+            results[index] = read_all(sock)
+            sender.join()
+
+    with relay_to(front.port) as (relay, _copies):
+        threads = [
+            threading.Thread(target=one_terminal, args=(index, relay.port))
+            for index in range(len(payloads))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=WAIT_S)
+    front.close()
+    assert results == dict(enumerate(payloads))
+    assert relay.connections == len(payloads)
