@@ -77,6 +77,7 @@ def test_a_field_2_that_is_not_a_card_number_fails_without_its_digits() -> None:
     with pytest.raises(TapDecodeError) as caught:
         DECODER.decode(sale_request(**{"2": "12345"})[2:])
     assert "12345" not in str(caught.value)
+    assert caught.value.__context__ is None
 
 
 def test_a_truncated_message_raises_the_tap_error_without_card_data() -> None:
@@ -84,8 +85,9 @@ def test_a_truncated_message_raises_the_tap_error_without_card_data() -> None:
     for cut in range(len(data)):
         with pytest.raises(TapDecodeError) as caught:
             DECODER.decode(data[:cut])
+        # Nothing leads back to pyiso8583's error, which holds the raw message.
         assert caught.value.__cause__ is None
-        assert caught.value.__suppress_context__
+        assert caught.value.__context__ is None
         assert_no_card_data(str(caught.value))
 
 
@@ -164,6 +166,7 @@ def test_damaged_sales_raise_only_the_tap_error_and_never_show_card_data(
         decoded = DECODER.decode(bytes(message[:cut] if data.draw(st.booleans()) else message))
     except TapDecodeError as exc:
         assert exc.__cause__ is None
+        assert exc.__context__ is None
         assert_no_card_data(str(exc))
     else:
         for dropped in ("35", "36", "52", "55", "64"):

@@ -10,11 +10,12 @@ Card data rules, enforced here where the bytes become values:
   exists; a field 2 that is not a card number fails the decode, without its digits;
 - fields 35, 36 (tracks), 52 (PIN block), 55 (chip data) and 64 (MAC) are deleted from
   pyiso8583's result at once, and its error (which holds the raw message and the fields
-  decoded so far) is never chained to ours.
+  decoded so far) is neither chained to ours nor kept as its context.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -80,17 +81,10 @@ def encode(mti: str, fields: dict[str, str], spec: Spec, *, tpdu: str, header: s
 
 
 def _decode(data: bytes, spec: Spec, library_spec: dict[str, dict[str, Any]]) -> Message:
-    try:
-        decoded, _encoded = iso8583.decode(data, library_spec)
-    except iso8583.DecodeError as exc:
-        # `from None`: the library's error holds the raw message and the partly decoded
-        # fields (track data included); chained, they would reach any traceback logged.
-        raise TapDecodeError(f"{exc.msg} (field {exc.field}, byte {exc.pos})") from None
-    except KeyError as exc:
-        raise TapDecodeError(f"field {exc.args[0]} is not in specification {spec.name}") from None
-    except (ValueError, TypeError, IndexError, OverflowError):
-        # pyiso8583 checks its input well, but a hostile message must never crash the tap.
-        raise TapDecodeError("the message does not decode") from None
+    decoded, reason = _library_decode(data, spec, library_spec)
+    if decoded is None:
+        # Raised outside any `except`: no __context__ leads back to the library's error.
+        raise TapDecodeError(reason)
     track2 = decoded.get("35")
     for number in spec.dropped:
         decoded.pop(number, None)
@@ -113,13 +107,33 @@ def _decode(data: bytes, spec: Spec, library_spec: dict[str, dict[str, Any]]) ->
     )
 
 
+def _library_decode(
+    data: bytes, spec: Spec, library_spec: dict[str, dict[str, Any]]
+) -> tuple[dict[str, str] | None, str]:
+    """pyiso8583's decoded fields, or None and why not.
+
+    pyiso8583's DecodeError holds the raw message and the fields decoded so far (track
+    data included). It is turned into a reason here and goes no further: neither chained
+    nor kept as the context of the tap's own error, so no traceback can show it.
+    """
+    try:
+        decoded, _encoded = iso8583.decode(data, library_spec)
+    except iso8583.DecodeError as exc:
+        return None, f"{exc.msg} (field {exc.field}, byte {exc.pos})"
+    except KeyError as exc:
+        return None, f"field {exc.args[0]} is not in specification {spec.name}"
+    except (ValueError, TypeError, IndexError, OverflowError):
+        # pyiso8583 checks its input well, but a hostile message must never crash the tap.
+        return None, "the message does not decode"
+    return decoded, ""
+
+
 def _pan(field2: str | None, track2: str | None) -> str | None:
     """The masked PAN from field 2, or from track 2 when a swipe sent only the track."""
     if field2 is not None:
-        try:
+        with contextlib.suppress(PanError):
             return mask_pan(field2)
-        except PanError:
-            raise TapDecodeError("field 2 is not a card number") from None
+        raise TapDecodeError("field 2 is not a card number")
     if track2 is None:
         return None
     head = track2.upper()
