@@ -9,6 +9,7 @@ from typing import Self
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.tap.config import TapSection
 from posmon.config import RoleSettings, Section, TimeZoneName
 from posmon.mqtt import MqttSettings
 
@@ -94,6 +95,7 @@ class AgentConfig(RoleSettings):
 
     agent: AgentSection = Field(default_factory=AgentSection)
     ports: list[PortSection] = Field(default_factory=list)
+    taps: list[TapSection] = Field(default_factory=list)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
 
@@ -105,6 +107,12 @@ class AgentConfig(RoleSettings):
             raise ValueError("ports: two ports share a name")
         if len(set(urls)) != len(urls):
             raise ValueError("ports: two ports share a url")
+        taps = [tap.name for tap in self.taps]
+        if len(set(taps)) != len(taps):
+            raise ValueError("taps: two taps share a name")
+        listens = [tap.listen for tap in self.taps]
+        if len(set(listens)) != len(listens):
+            raise ValueError("taps: two taps share a listen address")
         return self
 
     @property

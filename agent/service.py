@@ -8,6 +8,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from agent.config import AgentConfig
@@ -26,6 +27,9 @@ from posmon.wire.models import (
     StatusEvent,
     TxnEvent,
 )
+
+if TYPE_CHECKING:
+    from agent.tap.runner import Taps
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,21 @@ class Agent:
             for frame in last_frames:
                 codec.prime(frame.tid, frame.seq, frame.fingerprint)
             self.readers.append(PortReader(port.name, port.url, port.baudrate, codec, self))
+        # Taps are started only when configured: the relay brings asyncio, which a
+        # serial-only agent does not need to load.
+        self.taps: Taps | None = None
+        if config.taps:
+            from agent.tap.runner import Taps  # noqa: PLC0415 - see above
+
+            for tap in config.taps:
+                self._tids_by_port[_tap_key(tap.name)] = {tap.tid} if tap.tid else set()
+            self.taps = Taps(
+                config.taps,
+                agent_id=self.agent_id,
+                tz=ZoneInfo(config.agent.timezone),
+                currency=config.agent.currency,
+                sink=self.store_tap_event,
+            )
         will = self._presence(online=False)
         self.client = MqttClient(config.mqtt, f"posmon-agent-{self.agent_id}", will=will)
         self.publisher = Publisher(
@@ -108,6 +127,25 @@ class Agent:
             )
             return False
         return True
+
+    def store_tap_event(self, tap: str, event: TxnEvent | StatusEvent | BatchEvent) -> None:
+        """Keep an event a tap decoded. The sale it comes from has already gone through,
+        so an event the outbox cannot take is lost: logged, and counted by the outbox."""
+        self._learn(_tap_key(tap), event.tid)
+        topic, priority = self._route(event)
+        try:
+            self.outbox.put(topic, event.to_json(), priority, None)
+            self.publisher.outbox_changed.set()
+        except OutboxFull:
+            logger.warning("tap %s: outbox full; %s from %s lost", tap, event.SCHEMA, event.tid)
+        except sqlite3.OperationalError as exc:
+            logger.error(
+                "tap %s: the outbox could not store %s from %s (%s)",
+                tap,
+                event.SCHEMA,
+                event.tid,
+                exc,
+            )
 
     def port_state(self, port: str, ok: bool, reason: str) -> None:
         """Report a failed port as `serial_ok: false` for each terminal behind it."""
@@ -172,11 +210,14 @@ class Agent:
                 "timeouts": framing.timeouts,
                 "unacked": reader.unacked,
             }
-        return {
+        stats: dict[str, object] = {
             "ports": ports,
             "outbox": self.outbox.counters(),
             "published": self.publisher.published,
         }
+        if self.taps is not None:
+            stats["taps"] = self.taps.stats()
+        return stats
 
     # --- running ------------------------------------------------------------------------
 
@@ -194,16 +235,21 @@ class Agent:
         ]
         for thread in threads:
             thread.start()
+        if self.taps is not None:
+            self.taps.start()
         logger.info(
-            "agent %s running: %d port(s), outbox %s (%d waiting), broker %s:%s",
+            "agent %s running: %d port(s), %d tap(s), outbox %s (%d waiting), broker %s:%s",
             self.agent_id,
             len(self.readers),
+            len(self.config.taps),
             self.outbox.path,
             len(self.outbox),
             self.config.mqtt.host,
             self.config.mqtt.port,
         )
         self.publisher.run(stop, every=(STATS_EVERY_S, self._log_stats))
+        if self.taps is not None:
+            self.taps.stop()
         for thread in threads:
             thread.join(timeout=2)
         logger.info("agent %s stopped; stats %s", self.agent_id, self.stats())
@@ -216,7 +262,12 @@ class Agent:
 def serve(config: Path | None) -> None:
     """`posmon agent run`: load the configuration (or exit 2), run until SIGTERM or Ctrl-C."""
     settings = load_config_or_exit(AgentConfig, config)
-    if not settings.ports:
+    if not settings.ports and not settings.taps:
         print(f"configuration error:\n{config}: ports: no port configured", file=sys.stderr)
         raise SystemExit(2)
     Agent(settings).run(stop_on_signals())
+
+
+def _tap_key(name: str) -> str:
+    # Terminals are remembered per port name; a tap's never clash with a port's.
+    return f"tap:{name}"

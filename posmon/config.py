@@ -144,7 +144,8 @@ def example_toml(model: type[BaseModel], examples: dict[str, dict[str, Any]]) ->
     """A commented TOML file for `model`: every key with its description and default.
 
     Sections come from the model's fields; list sections (`[[ports]]`) take their sample
-    values from `examples`. Keys without a default value are written commented out.
+    values from `examples`, and one without an example is written commented out. Keys
+    without a default value are written commented out.
     """
     lines: list[str] = []
     for name, info in model.model_fields.items():
@@ -154,7 +155,13 @@ def example_toml(model: type[BaseModel], examples: dict[str, dict[str, Any]]) ->
         many = _is_list(info.annotation)
         lines.append("")
         lines.extend(_comment(section.__doc__ or ""))
-        lines.extend(_section_lines(section, name, many, examples.get(name, {})))
+        section_lines = _section_lines(section, name, many, examples.get(name, {}))
+        if many and name not in examples:
+            # Empty by default: a template to copy, commented out, so the file loads.
+            section_lines = [
+                line if line.startswith("#") else f"# {line}" for line in section_lines
+            ]
+        lines.extend(section_lines)
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

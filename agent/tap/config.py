@@ -8,15 +8,21 @@ file that does not load is a `ConfigError` naming the file and the key, for exam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from agent.tap.relay import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_QUEUE_SIZE
-from agent.tap.spec import Spec, SpecError, cup_pos, load_spec
 from posmon.config import Section
 from posmon.wire.models import Network
 
+if TYPE_CHECKING:
+    from agent.tap.spec import Spec
+
 MAX_PORT = 65535
+# As agent/tap/relay.py's defaults; not imported from it, because the agent reads this
+# section whether or not it runs a tap, and the relay brings asyncio (about 2 MB of RSS).
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_QUEUE_SIZE = 10_000
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -73,6 +79,8 @@ class TapSection(Section):
     @classmethod
     def _spec_loads(cls, value: Path | None) -> Path | None:
         if value is not None:
+            from agent.tap.spec import SpecError, load_spec  # noqa: PLC0415 - see load_spec
+
             try:
                 load_spec(value)
             except SpecError as exc:
@@ -81,4 +89,8 @@ class TapSection(Section):
 
     def load_spec(self) -> Spec:
         """The layout this tap decodes."""
+        # Imported here: the agent reads this section even with no tap configured, and
+        # need not build the specification's models then.
+        from agent.tap.spec import cup_pos, load_spec  # noqa: PLC0415
+
         return cup_pos() if self.spec is None else load_spec(self.spec)
