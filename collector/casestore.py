@@ -39,6 +39,7 @@ from collector.schema import (
     status_events,
     transactions,
 )
+from collector.store.inserts import CaseInsert
 from collector.store.rows import StoredSettlement, StoredTransaction
 
 OPEN_CASE_STATES = tuple(
@@ -88,7 +89,7 @@ class CaseStore:
         case_id = f"C-{uuid.uuid4().hex[:12]}"
         amount = txn.expected_net if txn.expected_net is not None else txn.amount
         # The insert's values, executed here (and read back as the case it opened).
-        row: dict[str, Any] = {
+        row: CaseInsert = {
             "case_id": case_id,
             "transaction_id": txn.id,
             "tid": txn.tid,

@@ -915,3 +915,32 @@ def test_the_typed_rows_hold_every_column_of_their_table(store: Store) -> None:
     assert (credit.transaction_id, credit.outcome) == (row.id, Outcome.SETTLED)
     with pytest.raises(dataclasses.FrozenInstanceError):
         row.outcome = Outcome.PENDING  # type: ignore[misc]
+
+
+def test_insert_rows_name_their_tables_columns() -> None:
+    """Each insert TypedDict's keys are columns of its table; the two built from a wire
+    model's fields (`vars()`, cast) have exactly those fields' names plus what the store adds."""
+    from collector import schema
+    from collector.store import inserts
+    from posmon.wire.models import SettlementEvent, TxnEvent
+
+    tables = {
+        inserts.TxnInsert: schema.transactions,
+        inserts.ConflictInsert: schema.conflicts,
+        inserts.SettlementInsert: schema.settlements,
+        inserts.OutcomeLogInsert: schema.outcome_log,
+        inserts.StatusInsert: schema.status_events,
+        inserts.BatchInsert: schema.batches,
+        inserts.DeadletterInsert: schema.deadletters,
+        inserts.PresenceUpsert: schema.presence,
+        inserts.CaseInsert: schema.cases,
+    }
+    for row, table in tables.items():
+        assert set(row.__annotations__) <= set(table.c.keys()), row.__name__
+        assert row.__required_keys__ == frozenset(row.__annotations__), row.__name__
+    txn_fields = set(TxnEvent.model_fields) - {"schema_"}
+    added = {"txn_date", "stored_at", "expected_net", "deadline", "outcome"}
+    assert set(inserts.TxnInsert.__annotations__) == txn_fields | added
+    settlement_fields = set(SettlementEvent.model_fields) - {"schema_"}
+    added = {"source", "received_at", "transaction_id", "outcome"}
+    assert set(inserts.SettlementInsert.__annotations__) == settlement_fields | added

@@ -20,6 +20,13 @@ from sqlalchemy import Connection, Table, text
 
 from collector.schema import batches, deadletters, presence, status_events
 from collector.store.engine import Engines
+from collector.store.inserts import (
+    BatchInsert,
+    DeadletterInsert,
+    EventInsert,
+    PresenceUpsert,
+    StatusInsert,
+)
 from collector.store.rows import IngestReport
 from collector.store.settlements import SettlementIntake
 from collector.store.transactions import TransactionIntake
@@ -106,7 +113,7 @@ class Intake:
         table, to_row, kind = _EVENT_TABLES.get(type(run[0]), (None, None, ""))
         if table is None or to_row is None:
             raise TypeError(f"the collector does not store {run[0].SCHEMA}")
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, EventInsert] = {}
         for message in run:
             row = to_row(message)
             rows.setdefault(row["event_id"], row)
@@ -128,7 +135,7 @@ class Intake:
             )
 
     def _presence(self, conn: Connection, message: PresenceEvent) -> None:
-        row = {
+        row: PresenceUpsert = {
             "agent_id": message.agent_id,
             "state": message.state.value,
             "tids": list(message.tids),
@@ -145,7 +152,7 @@ class Intake:
         )
 
 
-def _status_row(status: StatusEvent) -> dict[str, Any]:
+def _status_row(status: StatusEvent) -> StatusInsert:
     return {
         "event_id": str(status.event_id),
         "agent_id": status.agent_id,
@@ -164,7 +171,7 @@ def _status_row(status: StatusEvent) -> dict[str, Any]:
     }
 
 
-def _batch_row(batch: BatchEvent) -> dict[str, Any]:
+def _batch_row(batch: BatchEvent) -> BatchInsert:
     return {
         "event_id": str(batch.event_id),
         "agent_id": batch.agent_id,
@@ -180,7 +187,7 @@ def _batch_row(batch: BatchEvent) -> dict[str, Any]:
     }
 
 
-def _deadletter_row(letter: DeadLetter) -> dict[str, Any]:
+def _deadletter_row(letter: DeadLetter) -> DeadletterInsert:
     return {
         "event_id": str(letter.event_id),
         "source": letter.source,
@@ -205,7 +212,7 @@ def new_deadletter(source: str, reason: str, payload: bytes, topic: str | None) 
     )
 
 
-_EVENT_TABLES: dict[type, tuple[Table, Callable[[Any], dict[str, Any]], str]] = {
+_EVENT_TABLES: dict[type, tuple[Table, Callable[[Any], EventInsert], str]] = {
     StatusEvent: (status_events, _status_row, "status"),
     BatchEvent: (batches, _batch_row, "batch"),
     DeadLetter: (deadletters, _deadletter_row, "deadletter"),

@@ -10,7 +10,7 @@ within the clock skew). Each lookup is one statement for a whole run of keys
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql
 
 from collector.correlate import CANCELS, EXPECTS_MONEY, Outcome
 from collector.schema import settlements, transactions
+from collector.store.inserts import SettlementInsert
 from collector.store.rows import OrphanSettlement, TxnOutcome
 from collector.store.writes import slices
 from posmon.wire.models import TxnEvent
@@ -144,7 +145,7 @@ class Matcher:
         return TxnOutcome.from_row(found) if found is not None else None
 
     def match_all(
-        self, conn: Connection, rows: Sequence[Mapping[str, Any]]
+        self, conn: Connection, rows: Sequence[SettlementInsert]
     ) -> dict[str, TxnOutcome]:
         """Settlement id -> the transaction it belongs to, for those that have one.
 
@@ -172,7 +173,8 @@ class Matcher:
             if (hit["tid"], hit["rrn"]) not in by_rrn:
                 by_rrn[hit["tid"], hit["rrn"]] = TxnOutcome.from_row(hit)
         # A transaction found by batch and STAN, with its date: it matches within the skew.
-        by_stan: dict[tuple[str, str, str], list[tuple[date, TxnOutcome]]] = {}
+        # Looked up with a settlement's batch and STAN, None when the file had none (a miss).
+        by_stan: dict[tuple[str, str | None, str | None], list[tuple[date, TxnOutcome]]] = {}
         triples = sorted(
             {
                 (row["tid"], row["batch"], row["stan"])
@@ -236,7 +238,7 @@ class Matcher:
             statement = self._statements[name] = query(self._key_rows(names))
         found: list[RowMapping] = []
         for part in slices(keys, _KEYS_PER_QUERY):
-            params: dict[str, Any] = (
+            params: dict[str, list[str] | str] = (
                 {f"keys_{n}": [key[i] for key in part] for i, n in enumerate(names)}
                 if self._is_postgres
                 else {"keys": json.dumps(part)}

@@ -9,13 +9,13 @@ in the batch's report, which is what the alert engine and the overdue watch see.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, update
 
 from collector.correlate import Outcome, TxnState
 from collector.correlate import judge as judge_verdict
 from collector.schema import outcome_log, settlements, transactions
+from collector.store.inserts import OutcomeLogInsert
 from collector.store.rows import IngestReport, OrphanSettlement, OutcomeChange, TxnOutcome
 from posmon.wire.models import SettlementStatus
 
@@ -71,7 +71,7 @@ class OutcomeWriter:
     def _log(self, conn: Connection, txn_id: int | None, change: OutcomeChange, note: str) -> None:
         conn.execute(outcome_log.insert().values(self.log_row(txn_id, change, note)))
 
-    def log_row(self, txn_id: int | None, change: OutcomeChange, note: str) -> dict[str, Any]:
+    def log_row(self, txn_id: int | None, change: OutcomeChange, note: str) -> OutcomeLogInsert:
         """The outcome log's row for a change, as insert values (the bulk path of
         `collector.store.settlements` inserts many at once with `BulkWriter`)."""
         return {

@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import cast
 
 from sqlalchemy import Connection, bindparam, update
 
 from collector.correlate import Outcome
 from collector.schema import outcome_log, settlements, transactions
+from collector.store.inserts import (
+    OutcomeLogInsert,
+    SettlementInsert,
+    SettlementVerdict,
+    TxnOutcomeUpdate,
+)
 from collector.store.matching import Matcher
 from collector.store.outcomes import OutcomeWriter, judge
 from collector.store.rows import IngestReport, OutcomeChange, TxnOutcome
@@ -52,7 +58,7 @@ class SettlementIntake:
         results for one transaction see each other as they would one at a time. The
         verdicts are written with one statement per table, outcome log in order.
         """
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, SettlementInsert] = {}
         for result in results:
             if result.settlement_id in rows:
                 report.repeats["settlement"] += 1
@@ -71,9 +77,9 @@ class SettlementIntake:
         matches = self._matcher.match_all(conn, new)
         txns: dict[int, TxnOutcome] = {}  # state as judged so far, by transaction id
         # Bound parameters of the three statements below, and the outcome log's rows.
-        verdicts: list[dict[str, Any]] = []
-        txn_updates: dict[int, dict[str, Any]] = {}
-        logs: list[dict[str, Any]] = []
+        verdicts: list[SettlementVerdict] = []
+        txn_updates: dict[int, TxnOutcomeUpdate] = {}
+        logs: list[OutcomeLogInsert] = []
         for row in new:
             match = matches.get(row["settlement_id"])
             if match is None:
@@ -125,12 +131,17 @@ class SettlementIntake:
             self._writer.insert_rows(conn, outcome_log, logs, copy=True)
 
 
-def _settlement_row(result: SettlementEvent, source: str, now: datetime) -> dict[str, Any]:
+def _settlement_row(result: SettlementEvent, source: str, now: datetime) -> SettlementInsert:
     # The model's fields as validated: its __dict__, not a getattr per field (hot path).
-    row = vars(result).copy()
-    del row["schema_"]
+    # Their names are SettlementInsert's keys (held to it in tests/test_collector_store.py).
+    fields = vars(result).copy()
+    del fields["schema_"]
+    row = cast(SettlementInsert, fields)
     # `_value_`: the member's value without the enum property's lookup (a million rows).
     row["status"] = result.status._value_
     row["kind"] = result.kind._value_
-    row.update(source=source, received_at=now, transaction_id=None, outcome=_ORPHAN)
+    row["source"] = source
+    row["received_at"] = now
+    row["transaction_id"] = None
+    row["outcome"] = _ORPHAN
     return row

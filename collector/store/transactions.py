@@ -10,13 +10,14 @@ judged (`Matcher` finds them, `OutcomeWriter` writes what changed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import Connection, and_, select
 
 from collector.correlate import CANCELS, EXPECTS_MONEY, Outcome, after_cancel, initial_outcome
 from collector.schema import conflicts, transactions
+from collector.store.inserts import ConflictInsert, TxnInsert
 from collector.store.matching import Matcher, is_cancel_of, is_orphan_of
 from collector.store.outcomes import OutcomeWriter
 from collector.store.rows import IngestReport, OutcomeChange, TxnOutcome
@@ -55,7 +56,7 @@ class TransactionIntake:
         the orphan settlements waiting for it. Cancels and orphans are found with three
         set-based queries for the run; only transactions that have one cost more.
         """
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, TxnInsert] = {}
         keys: set[tuple[str, str, str]] = set()
         first: list[tuple[str, TxnEvent]] = []  # each event id and business key once
         for txn in txns:
@@ -105,7 +106,7 @@ class TransactionIntake:
                     conn, _txn_by_id(conn, _txn_id(conn, txn)), orphan, now, report
                 )
 
-    def _txn_row(self, txn: TxnEvent, event_id: str, now: datetime) -> dict[str, Any]:
+    def _txn_row(self, txn: TxnEvent, event_id: str, now: datetime) -> TxnInsert:
         """A transaction's row, with its expectation when it is owed money."""
         outcome = initial_outcome(txn.kind, txn.approved)
         row = _fields_row(txn, event_id, self._terms.local_date(txn.terminal_time), now)
@@ -136,7 +137,7 @@ class TransactionIntake:
                 ),
             )
         }
-        rows = []
+        rows: list[ConflictInsert] = []
         for txn in repeats:
             held = first.get((txn.tid, txn.rrn, txn.kind._value_))
             if held is None or held["event_id"] == str(txn.event_id):
@@ -206,13 +207,18 @@ _CONFLICT_COLUMNS = (
 )
 
 
-def _fields_row(txn: TxnEvent, event_id: str, local_date: Any, now: datetime) -> dict[str, Any]:
+def _fields_row(txn: TxnEvent, event_id: str, local_date: date, now: datetime) -> TxnInsert:
+    """The transaction's row but its expectation (`expected_net`, `deadline`, `outcome`),
+    which `TransactionIntake._txn_row` sets next."""
     # The model's fields as validated: its __dict__, not a getattr per field (hot path).
-    row = vars(txn).copy()
-    del row["schema_"]
+    # Their names are TxnInsert's keys (held to it in tests/test_collector_store.py).
+    fields = vars(txn).copy()
+    del fields["schema_"]
+    row = cast(TxnInsert, fields)
     row["event_id"] = event_id
     row["kind"] = txn.kind._value_
     entry_mode = txn.entry_mode
     row["entry_mode"] = entry_mode._value_ if entry_mode is not None else None
-    row.update(txn_date=local_date, stored_at=now)
+    row["txn_date"] = local_date
+    row["stored_at"] = now
     return row

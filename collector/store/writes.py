@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -46,7 +46,7 @@ class BulkWriter:
         self,
         conn: Connection,
         table: Table,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[Mapping[str, object]],
         returning: str | None = None,
         *,
         copy: bool = False,
